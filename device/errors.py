@@ -1,0 +1,19 @@
+"""The project's own exceptions; the CLIs turn each into one line and an exit code."""
+
+
+class DeviceError(Exception):
+    """Base class: a failure the user can act on, reported without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(DeviceError):
+    exit_code = 78  # EX_CONFIG, so systemd does not restart a broken config forever
+
+
+class ModelError(DeviceError):
+    exit_code = 78
+
+
+class SourceError(DeviceError):
+    exit_code = 66  # EX_NOINPUT

@@ -1,0 +1,171 @@
+"""LiteRT behind one small interface: the only module that imports the TFLite runtime.
+
+``open_runtime(path, threads, accelerator)`` returns a :class:`Runtime` that
+runs a batch through a .tflite model:
+
+- ``cpu``: the LiteRT ``Interpreter`` with XNNPACK (``tflite_runtime`` when only
+  that is installed);
+- ``gpu``: LiteRT's GPU accelerator through the ``CompiledModel`` API;
+- ``PATH.so``: an external delegate (EdgeTPU ``libedgetpu.so.1``, a GPU delegate
+  built for a Jetson) loaded into the Interpreter;
+- ``auto``: the GPU when it fully accelerates the model, else the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from device.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float  # 0.0 when the tensor is not quantised
+    zero_point: int
+
+
+class Runtime(Protocol):
+    input: TensorSpec
+    output: TensorSpec
+    description: str  # what runs, for logs and bench output
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def _interpreter_module():
+    """LiteRT's interpreter, or tflite_runtime's where only that is installed."""
+    try:
+        from ai_edge_litert import interpreter
+        return interpreter
+    except ModuleNotFoundError:
+        pass
+    try:
+        from tflite_runtime import interpreter
+        return interpreter
+    except ModuleNotFoundError:
+        raise ModelError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]), float(scale),
+                      int(zero_point))
+
+
+class InterpreterRuntime:
+    """The classic Interpreter; batches by resizing the input tensor when the batch size changes."""
+
+    def __init__(self, path: Path, threads: int, delegate: str | None = None):
+        module = _interpreter_module()
+        delegates = []
+        if delegate:
+            try:
+                delegates = [module.load_delegate(delegate)]
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise ModelError(f"cannot load delegate {delegate}: {exc} (is the library installed and built for "
+                                 f"this runtime version and CPU architecture?)") from None
+        try:
+            self._interp = module.Interpreter(model_path=str(path), num_threads=threads,
+                                              experimental_delegates=delegates or None)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self.input, self.output = _spec(self._in), _spec(self._out)
+        self._batch = self.input.shape[0]
+        what = f"delegate {delegate}" if delegate else f"CPU (XNNPACK), {threads} thread(s)"
+        self.description = f"LiteRT Interpreter on {what}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) != self._batch:
+            self._interp.resize_tensor_input(self._in["index"], [len(batch), *self.input.shape[1:]])
+            self._interp.allocate_tensors()
+            self._batch = len(batch)
+        self._interp.set_tensor(self._in["index"], batch)
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out["index"])
+
+
+class CompiledRuntime:
+    """LiteRT's CompiledModel on the GPU accelerator; one image per run (static shapes)."""
+
+    def __init__(self, path: Path):
+        try:
+            from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+        except ModuleNotFoundError:
+            raise ModelError("the GPU accelerator needs ai-edge-litert (CompiledModel API)") from None
+        try:
+            self._model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
+            if not self._model.is_fully_accelerated():
+                raise RuntimeError("the GPU accelerator does not support every op of this model")
+            self._inputs = self._model.create_input_buffers(0)
+            self._outputs = self._model.create_output_buffers(0)
+        except Exception as exc:  # the native wrapper raises plain RuntimeError/ValueError variants
+            raise ModelError(f"GPU accelerator unavailable: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
+                             ) from None
+        # The tensor metadata (quantisation) comes from the Interpreter's view of the same file.
+        meta = InterpreterRuntime(path, threads=1)
+        self.input, self.output = meta.input, meta.output
+        self._out_count = int(np.prod(self.output.shape))
+        self.description = "LiteRT CompiledModel on the GPU accelerator"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        results = []
+        for image in batch:
+            self._inputs[0].write(np.ascontiguousarray(image[None]))
+            self._model.run_by_index(0, self._inputs, self._outputs)
+            results.append(self._outputs[0].read(self._out_count, self.output.dtype).reshape(self.output.shape))
+        return np.concatenate(results, axis=0)
+
+
+ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+def open_runtime(path: str | Path, threads: int = 1, accelerator: str = "auto") -> Runtime:
+    """Load ``path`` on the requested accelerator and log one line saying what runs and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model not found: {path}")
+    if accelerator == "cpu":
+        runtime = InterpreterRuntime(path, threads)
+        log.info("classifier: %s (requested)", runtime.description)
+    elif accelerator == "gpu":
+        runtime = CompiledRuntime(path)
+        log.info("classifier: %s (requested)", runtime.description)
+    elif accelerator == "auto":
+        try:
+            runtime = CompiledRuntime(path)
+            log.info("classifier: %s (auto: the GPU accelerator took the whole model)", runtime.description)
+        except ModelError as exc:
+            runtime = InterpreterRuntime(path, threads)
+            log.info("classifier: %s (auto: %s)", runtime.description, exc)
+    else:
+        if not Path(accelerator).exists() and "/" in accelerator:
+            raise ModelError(f"delegate library not found: {accelerator}")
+        runtime = InterpreterRuntime(path, threads, delegate=accelerator)
+        log.info("classifier: %s (requested)", runtime.description)
+    return runtime
+
+
+def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float input -> the tensor's dtype (identity cast for float models)."""
+    if spec.dtype in (np.int8, np.uint8) and spec.scale:
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.round(x / spec.scale + spec.zero_point), info.min, info.max).astype(spec.dtype)
+    return x.astype(spec.dtype)
+
+
+def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype in (np.int8, np.uint8) and spec.scale:
+        return (y.astype(np.float32) - spec.zero_point) * spec.scale
+    return y.astype(np.float32)

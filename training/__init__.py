@@ -1,0 +1,1 @@
+"""Workstation side: train, evaluate, predict and tune emotion classifiers (Keras 3)."""

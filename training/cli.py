@@ -1,0 +1,111 @@
+"""``python -m training {fit,evaluate,predict,tune}``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from training.config import CHOICES, FitConfig
+
+HELP = {
+    "data": "class-per-folder dataset (optionally split as train/ val/ test/) or FER2013 CSV",
+    "out": "run directory to create (written as OUT.incomplete until finished)",
+    "val": "separate labelled folder for validation (default: DATA/val, else a stratified split)",
+    "val_fraction": "fraction held out for validation when the data has no val split",
+    "limit_per_class": "use at most this many images per class (quick looks, smoke tests)",
+    "arch": "architecture", "alpha": "MobileNetV2 width multiplier", "input_size": "square input size in pixels",
+    "color": "colour mode of the model input", "weights": "backbone weights: none, imagenet (needs internet) or PATH",
+    "activation": "output activation (sigmoid only for 2 classes)", "dropout": "dropout before the classifier",
+    "epochs": "total epochs", "freeze_epochs": "epochs with the backbone frozen before fine-tuning everything",
+    "batch_size": "batch size", "optimizer": "optimizer", "learning_rate": "peak learning rate",
+    "weight_decay": "AdamW weight decay", "label_smoothing": "label smoothing",
+    "schedule": "learning-rate schedule", "warmup_epochs": "linear warm-up epochs (cosine schedule)",
+    "early_stopping": "stop after this many epochs without val accuracy gain (0: off)",
+    "augment": "random flip, rotation, zoom, shift, brightness, contrast",
+    "class_weights": "loss weights against class imbalance", "mixed_precision": "train in mixed float16",
+    "seed": "random seed (split, initialisation, augmentation)",
+}
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="TOML file of fit options; flags override it")
+    defaults = FitConfig()
+    for f in dataclasses.fields(FitConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        text = f"{HELP[f.name]} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(type(default).__name__, str)
+            if f.name == "limit_per_class":
+                kind = int
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=text)
+
+
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)
+             if getattr(args, f.name) is not None}
+    if args.recipe:
+        return FitConfig.from_recipe(args.recipe, **given)
+    return FitConfig.from_dict(given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a classifier and write a run directory")
+    add_fit_arguments(fit)
+
+    ev = sub.add_parser("evaluate", help="metrics, report and plots for a run on a labelled folder")
+    ev.add_argument("--model", required=True, help="run directory or its model.keras")
+    ev.add_argument("--data", required=True, help="labelled class-per-folder (or a split dataset: its val/)")
+    ev.add_argument("--out", help="report folder (default: RUN/eval)")
+    ev.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+
+    pr = sub.add_parser("predict", help="CSV of filename,label,probabilities for an unlabelled folder")
+    pr.add_argument("--model", required=True, help="run directory or its model.keras")
+    pr.add_argument("--data", required=True, help="folder of images")
+    pr.add_argument("--out", required=True, help="CSV to write")
+    pr.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+
+    tune = sub.add_parser("tune", help="KerasTuner search; writes a results table")
+    add_fit_arguments(tune)
+    tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
+                      help="search strategy (default: random)")
+    tune.add_argument("--trials", type=int, default=10, help="trials (random, bayesian; default: 10)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.data import DataError  # after logging is set up; pulls in numpy and cv2
+    try:
+        if args.command == "fit":
+            from training.fit import fit
+            print(fit(fit_config(args)))
+        elif args.command == "evaluate":
+            from training.evaluate import evaluate_cli
+            result = evaluate_cli(args.model, args.data, args.out, args.tta)
+            print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}  n={result['n']}")
+        elif args.command == "predict":
+            from training.evaluate import predict_cli
+            print(f"wrote {predict_cli(args.model, args.data, args.out, args.tta)} rows to {args.out}")
+        elif args.command == "tune":
+            from training.tune import tune
+            print(tune(fit_config(args), args.tuner, args.trials))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
