@@ -13,6 +13,7 @@ runs a batch through a .tflite model:
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from device.errors import ModelError
+from device.native import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +113,10 @@ class CompiledRuntime:
             self._inputs = self._model.create_input_buffers(0)
             self._outputs = self._model.create_output_buffers(0)
         except Exception as exc:  # the native wrapper raises plain RuntimeError/ValueError variants
-            raise ModelError(f"GPU accelerator unavailable: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
-                             ) from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            if ctypes.util.find_library("vulkan") is None:
+                reason = "no Vulkan driver (libvulkan.so.1) found"
+            raise ModelError(f"GPU accelerator unavailable: {reason}") from None
         # The tensor metadata (quantisation) comes from the Interpreter's view of the same file.
         meta = InterpreterRuntime(path, threads=1)
         self.input, self.output = meta.input, meta.output
@@ -144,7 +148,8 @@ def open_runtime(path: str | Path, threads: int = 1, accelerator: str = "auto") 
         log.info("classifier: %s (requested)", runtime.description)
     elif accelerator == "auto":
         try:
-            runtime = CompiledRuntime(path)
+            with quiet_native_stderr():  # a machine without Vulkan makes the GPU probe print pages
+                runtime = CompiledRuntime(path)
             log.info("classifier: %s (auto: the GPU accelerator took the whole model)", runtime.description)
         except ModelError as exc:
             runtime = InterpreterRuntime(path, threads)
@@ -169,3 +174,17 @@ def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.dtype in (np.int8, np.uint8) and spec.scale:
         return (y.astype(np.float32) - spec.zero_point) * spec.scale
     return y.astype(np.float32)
+
+
+def to_input(images: np.ndarray, manifest, spec: TensorSpec) -> np.ndarray:
+    """uint8 (N, size, size, channels) model-size images -> the input tensor, as the manifest says."""
+    x = images.astype(np.float32) * manifest.scale + manifest.offset
+    return quantize(x, spec)
+
+
+def to_probs(raw: np.ndarray, manifest, spec: TensorSpec) -> np.ndarray:
+    """The output tensor -> (N, classes) probabilities (a sigmoid's p becomes [1 - p, p])."""
+    y = dequantize(raw, spec).reshape(len(raw), -1)
+    if manifest.activation == "sigmoid":
+        y = np.concatenate([1 - y, y], axis=1)
+    return y

@@ -1,4 +1,4 @@
-"""``python -m training {fit,evaluate,predict,tune}``."""
+"""``python -m training {fit,evaluate,predict,tune,bench}``."""
 
 from __future__ import annotations
 
@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
                       help="search strategy (default: random)")
     tune.add_argument("--trials", type=int, default=10, help="trials (random, bayesian; default: 10)")
+
+    bench = sub.add_parser("bench", help="training throughput (images/s) on synthetic data, augmentation on and off")
+    bench.add_argument("--arch", choices=CHOICES["arch"], default="mobilenetv2",
+                       help="architecture (default: mobilenetv2)")
+    bench.add_argument("--alpha", type=float, default=0.5, help="MobileNetV2 width multiplier (default: 0.5)")
+    bench.add_argument("--input-size", type=int, default=64, help="square input size in pixels (default: 64)")
+    bench.add_argument("--color", choices=CHOICES["color"], default="grayscale",
+                       help="colour mode (default: grayscale)")
+    bench.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    bench.add_argument("--classes", type=int, default=7, help="number of classes (default: 7)")
+    bench.add_argument("--steps", type=int, default=20, help="timed train steps per setting (default: 20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per setting (default: 3)")
     return parser
 
 
@@ -102,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tune":
             from training.tune import tune
             print(tune(fit_config(args), args.tuner, args.trials))
+        elif args.command == "bench":
+            from training.bench import bench, format_results
+            cfg = FitConfig.from_dict({"data": "synthetic", "arch": args.arch, "alpha": args.alpha,
+                                       "input_size": args.input_size, "color": args.color,
+                                       "batch_size": args.batch_size})
+            print(format_results(cfg, bench(cfg, args.steps, args.warmup, args.classes), args.warmup))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

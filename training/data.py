@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from device.preprocess import to_model_image  # one definition, shared with the device
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -64,21 +66,6 @@ def read_image(path: str | Path, size: int, color: str) -> np.ndarray | None:
     if image is None:
         return None
     return to_model_image(image, size, color, bgr=True)
-
-
-def to_model_image(image: np.ndarray, size: int, color: str, bgr: bool = False) -> np.ndarray:
-    """uint8 HxW or HxWx3 -> uint8 (size, size, channels) as the model takes it."""
-    if color == "grayscale" and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
-    elif color == "rgb":
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        elif bgr:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.shape[:2] != (size, size):
-        shrink = image.shape[0] > size
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return image.reshape(size, size, -1)
 
 
 def list_class_folder(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:

@@ -1,0 +1,1 @@
+"""Workstation to device: Keras run -> .tflite with its manifest, verified and benchmarked in LiteRT."""

@@ -1,0 +1,85 @@
+"""The emotion classifier: a .tflite in LiteRT, described by the manifest beside it.
+
+The manifest must match the file (sha256, input shape, number of labels);
+otherwise loading fails with one clear error.  All faces of a frame go
+through the model in one batch where the model allows it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from device import manifest as mf
+from device.config import ClassifierConfig
+from device.errors import ModelError
+from device.frames import Box
+from device.preprocess import crop_face, to_model_image
+from device.runtime import open_runtime, to_input, to_probs
+
+log = logging.getLogger(__name__)
+
+
+def load_manifest(model: Path) -> mf.Manifest:
+    path = mf.manifest_path_for(model)
+    if not model.is_file():
+        raise ModelError(f"emotion model not found: {model}; train and convert one (python -m convert quantize)"
+                         f" or use the shipped default")
+    if not path.is_file():
+        raise ModelError(f"manifest not found beside the model: {path} (python -m convert quantize writes it)")
+    return mf.load(path)
+
+
+class EmotionClassifier:
+    def __init__(self, cfg: ClassifierConfig):
+        model = Path(cfg.model)
+        self.manifest = load_manifest(model)
+        if self.manifest.model_sha256 and mf.sha256_file(model) != self.manifest.model_sha256:
+            raise ModelError(f"{model} does not match its manifest (sha256 differs): copy the .tflite and"
+                             f" its .json together")
+        self.runtime = open_runtime(model, cfg.threads, cfg.accelerator)
+        m, spec = self.manifest, self.runtime.input
+        expected = (m.input_size, m.input_size, m.channels)
+        if tuple(spec.shape[1:]) != expected:
+            raise ModelError(f"{model} takes input {spec.shape[1:]} but its manifest says {expected}")
+        units = int(np.prod(self.runtime.output.shape[1:]))
+        if units != m.output_units:
+            raise ModelError(f"{model} has {units} outputs but its manifest lists {len(m.labels)} labels")
+        crop = m.crop if cfg.crop_margin is None else mf.Crop(cfg.crop_margin, m.crop.square)
+        self.crop = crop
+        self.labels = m.labels
+        self._batched = self._probe_batching()
+
+    def _probe_batching(self) -> bool:
+        """Some delegates take only batch 1; find out once, at load."""
+        zeros = np.zeros((2, self.manifest.input_size, self.manifest.input_size, self.manifest.channels), np.uint8)
+        try:
+            self.runtime.run(to_input(zeros, self.manifest, self.runtime.input))
+            return True
+        except (RuntimeError, ValueError) as exc:
+            log.info("classifier runs one face at a time (%s)", exc)
+            return False
+
+    def faces_to_input(self, frame_bgr: np.ndarray, boxes: list[Box]) -> np.ndarray:
+        """uint8 (N, size, size, channels): each face cropped and framed as in the training data."""
+        m = self.manifest
+        return np.stack([to_model_image(crop_face(frame_bgr, box, self.crop), m.input_size, m.color, bgr=True)
+                         for box in boxes])
+
+    def classify_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 model-size images -> (N, classes) probabilities."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        x = to_input(images, self.manifest, self.runtime.input)
+        if self._batched or len(x) == 1:
+            raw = self.runtime.run(x)
+        else:
+            raw = np.concatenate([self.runtime.run(x[i:i + 1]) for i in range(len(x))])
+        return to_probs(raw, self.manifest, self.runtime.output)
+
+    def classify(self, frame_bgr: np.ndarray, boxes: list[Box]) -> np.ndarray:
+        if not boxes:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return self.classify_images(self.faces_to_input(frame_bgr, boxes))

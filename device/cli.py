@@ -1,0 +1,114 @@
+"""``python -m device {run,bench,models}``: the on-device program.
+
+Options come from a TOML file (``--config``) and flags, flags winning.  Every
+failure the user can act on is one line on stderr and an exit code
+(78 for config and model errors, 66 for sources), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+
+from device import config as cfgmod
+from device.errors import DeviceError
+
+log = logging.getLogger("device")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (every option; flags override it)")
+    for section, cls in cfgmod.sections():
+        group = parser.add_argument_group(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta.get("flag"):
+                continue
+            text = f"{meta['help']} (config {section}.{f.name}; default: {f.default})"
+            dest = f"{section}.{f.name}"
+            if isinstance(f.default, bool):
+                group.add_argument(meta["flag"], dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                   help=text)
+            else:
+                hints = cfgmod._field_types(cls)[f.name]
+                kind = int if "int" in str(hints) else float if "float" in str(hints) else str
+                group.add_argument(meta["flag"], dest=dest, type=kind, default=None, choices=meta.get("choices"),
+                                   help=text)
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    out: dict[str, dict] = {}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, key = dest.split(".", 1)
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m device", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (camera -> faces -> emotions -> screen and/or CSV)")
+    add_config_flags(run)
+    bench = sub.add_parser("bench", help="per-stage latency (median, p95) and end-to-end FPS")
+    add_config_flags(bench)
+    bench.add_argument("--frames", type=int, default=300, help="frames to measure (default: 300)")
+    bench.add_argument("--warmup", type=int, default=20, help="frames run before measuring (default: 20)")
+    models = sub.add_parser("models", help="provision the face-detection models (pinned sha256)")
+    models.add_argument("--dir", default="models", help="destination folder (default: models)")
+    models.add_argument("--wheel", help="take the models from this local mediapipe 0.10.21 wheel")
+    models.add_argument("--offline", action="store_true", help="skip the official location; use the package index")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> cfgmod.Config:
+    return cfgmod.load(args.config, overrides(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from device.pipeline import Pipeline
+    config = load_config(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pipeline = Pipeline(config)
+    try:
+        pipeline.run(stop)
+    finally:
+        pipeline.close()
+    print(pipeline.summary())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from device.bench import bench
+    config = load_config(args)
+    print(bench(config, args.frames, args.warmup))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from device.facemodels import provision
+    for path in provision(args.dir, args.wheel, online=not args.offline):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"run": cmd_run, "bench": cmd_bench, "models": cmd_models}
+    try:
+        return commands[args.command](args)
+    except DeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

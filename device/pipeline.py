@@ -1,0 +1,234 @@
+"""The composition root: source -> detect -> classify -> track -> overlay -> sink, and the CSV log.
+
+One loop, one frame at a time, each stage timed.  A stop event (set by a
+signal handler) ends it cleanly after the current frame.  A live source that
+fails is reopened with exponential backoff; after ``no_frame_timeout`` seconds
+without a frame the run gives up with a SourceError.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device import overlay
+from device.classifier import EmotionClassifier
+from device.config import Config
+from device.csvlog import CsvLog
+from device.detector import FaceDetector
+from device.errors import SourceError
+from device.frames import FrameResult
+from device.manifest import write_atomic
+from device.preprocess import crop_face
+from device.sinks import Sink, open_sink
+from device.sources import FrameSource, open_source
+from device.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "classify", "track", "overlay", "output", "log")
+
+
+class Notifier:
+    """Service hooks (systemd sd_notify in device.service); this one does nothing."""
+
+    def ready(self) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    faces: int = 0
+    frames_without_faces: int = 0
+    skipped_frames: int = 0
+    reconnects: int = 0
+    started: float = field(default_factory=time.monotonic)
+    recent: deque = field(default_factory=lambda: deque(maxlen=120))  # (time, per-stage ms)
+
+    def fps(self) -> float:
+        if len(self.recent) < 2:
+            return 0.0
+        span = self.recent[-1][0] - self.recent[0][0]
+        return (len(self.recent) - 1) / span if span > 0 else 0.0
+
+    def median_ms(self) -> dict[str, float]:
+        if not self.recent:
+            return {}
+        keys = self.recent[-1][1].keys()
+        return {k: float(np.median([t[k] for _, t in self.recent if k in t])) for k in keys}
+
+
+def soc_temperature() -> float | None:
+    """SoC temperature in °C where the kernel exposes it (Pi, Jetson)."""
+    try:
+        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
+class Pipeline:
+    def __init__(self, config: Config, notifier: Notifier | None = None):
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.classifier = EmotionClassifier(config.classifier)
+        self.detector = FaceDetector(config.detector)
+        self.tracker = Tracker(config.tracker, self.classifier.labels)
+        self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
+        self.source: FrameSource = open_source(config.source.uri, config.source)
+        self.sink: Sink = open_sink(config.output, self.source, float(config.source.fps))
+        self.stats = Stats()
+        self.records: list[dict[str, float]] | None = None  # per-frame stage timings, for bench
+        self._stop = threading.Event()
+        self._quit = False
+
+    # -- one frame ---------------------------------------------------------------------------
+    def step(self) -> FrameResult | None:
+        """Process the next frame; None at the end of a finite source."""
+        t = {}
+        t0 = time.perf_counter()
+        frame = self._read()
+        if frame is None:
+            return None
+        t1 = time.perf_counter()
+        detections = self.detector.detect(frame.image)
+        t2 = time.perf_counter()
+        probs = self.classifier.classify(frame.image, [d.box for d in detections])
+        t3 = time.perf_counter()
+        faces = self.tracker.update(detections, probs)
+        t4 = time.perf_counter()
+        keep_going = True
+        if self.sink.needs_overlay:
+            canvas = np.zeros_like(frame.image) if self.sink.transparent else frame.image
+            overlay.draw(canvas, faces, self.classifier.labels, self.config.overlay, self.stats.fps(),
+                         self.stats.median_ms() if self.config.overlay.stats else None)
+            t5 = time.perf_counter()
+            keep_going = self.sink.write(canvas, frame)
+        else:
+            t5 = t4
+        t6 = time.perf_counter()
+        if self.config.output.faces_dir and faces:
+            self._save_faces(frame, faces)
+        if self.csv is not None:
+            self.csv.write(frame, faces)
+        t7 = time.perf_counter()
+        for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
+            t[name] = (b - a) * 1000
+        self.stats.frames += 1
+        self.stats.faces += len(faces)
+        self.stats.frames_without_faces += not faces
+        self.stats.skipped_frames = self.source.skipped
+        self.stats.recent.append((t7, t))
+        if self.records is not None:
+            self.records.append(t)
+        self.notifier.watchdog()  # only while frames flow
+        if not keep_going:
+            self._quit = True
+        return FrameResult(frame, faces, t)
+
+    def _read(self):
+        """The next frame; a failing live source is reopened with backoff until the timeout."""
+        try:
+            return self.source.read()
+        except SourceError as exc:
+            if not self.source.live:
+                raise
+            return self._reconnect(exc)
+
+    def _reconnect(self, error: SourceError):
+        deadline = time.monotonic() + self.config.run.no_frame_timeout
+        delay = 0.5
+        while time.monotonic() < deadline and not self._stop.is_set():
+            log.warning("%s; reconnecting in %.1f s", error, delay)
+            self.notifier.status(f"camera lost ({error}); reconnecting")
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.config.run.reconnect_max_delay)
+            self.source.close()
+            try:
+                self.source = open_source(self.config.source.uri, self.config.source)
+                frame = self.source.read()
+            except SourceError as exc:
+                error = exc
+                continue
+            if frame is not None:
+                self.stats.reconnects += 1
+                log.info("camera reconnected")
+                self.notifier.status("camera reconnected")
+                return frame
+        if self._stop.is_set():
+            return None
+        raise SourceError(f"no frames for {self.config.run.no_frame_timeout:.0f} s ({error}); giving up")
+
+    def _save_faces(self, frame, faces) -> None:
+        import cv2
+        folder = Path(self.config.output.faces_dir)
+        for face in faces:
+            ok, data = cv2.imencode(".jpg", crop_face(frame.image, face.box, self.classifier.crop))
+            if ok:
+                write_atomic(folder / f"{frame.index:08d}_track{face.track_id}.jpg", data.tobytes())
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> Stats:
+        if stop is not None:
+            self._stop = stop
+        max_frames = self.config.run.max_frames
+        next_stats = time.monotonic() + self.config.run.stats_interval
+        first = True
+        while not self._stop.is_set() and not self._quit:
+            if max_frames is not None and self.stats.frames >= max_frames:
+                break
+            result = self.step()
+            if result is None:
+                break
+            if first:  # model and camera up, first frame processed
+                self.notifier.ready()
+                first = False
+            if time.monotonic() >= next_stats:
+                line = self.health_line()
+                log.info("%s", line)
+                self.notifier.status(line)
+                next_stats = time.monotonic() + self.config.run.stats_interval
+        return self.stats
+
+    def health_line(self) -> str:
+        s = self.stats
+        total = sum(s.median_ms().values())
+        temp = soc_temperature()
+        return (f"fps {s.fps():.1f}, frames {s.frames}, faces {s.faces}, latency {total:.1f} ms, "
+                f"skipped {s.skipped_frames}, reconnects {s.reconnects}"
+                + (f", soc {temp:.1f} C" if temp is not None else ""))
+
+    def summary(self) -> str:
+        s = self.stats
+        elapsed = time.monotonic() - s.started
+        rows = f", {self.csv.rows_written} CSV rows in {self.csv.path}" if self.csv else ""
+        return (f"done: {s.frames} frames, {s.faces} faces, {s.frames_without_faces} frames without a face, "
+                f"{s.skipped_frames} unreadable frames skipped, {s.frames / elapsed if elapsed else 0:.1f} fps"
+                f"{rows}")
+
+    def reload(self) -> None:
+        """SIGHUP: load the model again (a new .tflite copied in place) and reopen the CSV."""
+        classifier = EmotionClassifier(self.config.classifier)
+        if classifier.labels != self.classifier.labels:
+            self.tracker = Tracker(self.config.tracker, classifier.labels)
+            if self.csv is not None:  # other columns: a fresh file is needed
+                self.csv.close()
+                self.csv = CsvLog(self.config.log, classifier.labels)
+        elif self.csv is not None:
+            self.csv.reopen()
+        self.classifier = classifier
+        log.info("reloaded the model %s and reopened the log", self.config.classifier.model)
+
+    def close(self) -> None:
+        for part in (self.sink, self.source, self.detector, self.csv):
+            if part is not None:
+                part.close()

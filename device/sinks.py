@@ -1,0 +1,152 @@
+"""Where annotated frames go, chosen by one ``--output`` string.
+
+``none`` (headless), ``display`` (an OpenCV window, for an HDMI screen with a
+desktop), ``drm`` (picamera2's DRM preview with an overlay, for a Pi HDMI
+screen without a desktop), ``FILE.mp4`` (annotated video) or ``DIR/``
+(annotated images, named after their source images).  Every sink has
+``write(image, frame) -> bool`` (False: the viewer asked to quit) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.config import OutputConfig
+from device.errors import ConfigError
+from device.frames import Frame
+from device.manifest import write_atomic
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+
+class Sink:
+    needs_overlay = True
+    transparent = False  # draw on a black canvas that the sink shows over the camera image
+
+    def write(self, image: np.ndarray, frame: Frame) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class NullSink(Sink):
+    """Headless: draws nothing, keeps nothing."""
+
+    needs_overlay = False
+
+
+class DisplaySink(Sink):
+    WINDOW = "emotion"
+
+    def __init__(self, fullscreen: bool):
+        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            raise ConfigError("output.target display: no desktop display (DISPLAY is unset); use --output drm on a"
+                              " Pi console, a FILE.mp4, or none")
+        try:
+            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
+            if fullscreen:
+                cv2.setWindowProperty(self.WINDOW, cv2.WND_PROP_FULLSCREEN, cv2.WINDOW_FULLSCREEN)
+        except cv2.error as exc:
+            raise ConfigError(f"output.target display: cannot open a window: {exc}") from None
+
+    def write(self, image: np.ndarray, frame: Frame) -> bool:
+        cv2.imshow(self.WINDOW, image)
+        key = cv2.waitKey(1) & 0xFF
+        return key not in (ord("q"), 27)  # q or Esc quits
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()
+
+
+class DrmSink(Sink):
+    """picamera2's DRM preview shows the camera; the annotations go on top with ``set_overlay``."""
+
+    transparent = True
+
+    def __init__(self, source):
+        camera = getattr(source, "camera", None)
+        if camera is None:
+            raise ConfigError("output.target drm needs a picamera2 source (--source picamera2:0)")
+        from picamera2 import Preview
+        self.camera = camera
+        camera.stop()
+        camera.start_preview(Preview.DRM)
+        camera.start()
+
+    def write(self, image: np.ndarray, frame: Frame) -> bool:
+        # ``image`` holds only the drawing (black elsewhere): black becomes transparent.
+        rgba = cv2.cvtColor(image, cv2.COLOR_BGR2RGBA)
+        rgba[..., 3] = np.where(image.any(axis=2), 255, 0).astype(np.uint8)
+        self.camera.set_overlay(rgba)
+        return True
+
+    def close(self) -> None:
+        try:
+            self.camera.stop_preview()
+        except (RuntimeError, OSError):
+            pass
+
+
+class VideoFileSink(Sink):
+    """Annotated video, written to a temp file and renamed when complete."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps = path, fps
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self._writer: cv2.VideoWriter | None = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: np.ndarray, frame: Frame) -> bool:
+        if self._writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_SUFFIXES.get(self.path.suffix.lower(), "mp4v"))
+            self._writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (image.shape[1], image.shape[0]))
+            if not self._writer.isOpened():
+                raise ConfigError(f"output.target: cannot write video {self.path}")
+        self._writer.write(image)
+        return True
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            os.replace(self.tmp, self.path)
+            log.info("wrote %s", self.path)
+
+
+class ImageDirSink(Sink):
+    """One annotated image per frame, named after the source image (photo mode)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: np.ndarray, frame: Frame) -> bool:
+        name = Path(frame.source).name
+        if Path(name).suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
+            name = f"frame_{frame.index:06d}.jpg"
+        ok, data = cv2.imencode(Path(name).suffix, image)
+        if ok:
+            write_atomic(self.folder / name, data.tobytes())
+        return True
+
+
+def open_sink(cfg: OutputConfig, source=None, fps: float = 30.0) -> Sink:
+    target = cfg.target
+    if target == "none":
+        return NullSink()
+    if target == "display":
+        return DisplaySink(cfg.fullscreen)
+    if target == "drm":
+        return DrmSink(source)
+    if target.endswith(("/", os.sep)) or Path(target).is_dir():
+        return ImageDirSink(Path(target))
+    if Path(target).suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileSink(Path(target), fps)
+    raise ConfigError(f"output.target: {target!r} is not none, display, drm, a .mp4/.avi/.mkv file or a DIR/")

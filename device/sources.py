@@ -1,0 +1,279 @@
+"""Frame sources behind one interface, chosen by one ``--source`` string.
+
+``open_source(uri)`` normalises every shorthand in one place:
+
+==========================  ==================================================
+``auto``                    the first camera found (picamera2, then /dev/video*)
+``demo``                    built-in moving faces; needs no camera, no download
+``picamera2:N``             Raspberry Pi camera N (apt's picamera2, imported lazily)
+``/dev/videoN`` or ``N``    V4L2 / USB camera through OpenCV
+``... ! appsink``           a GStreamer pipeline (Jetson CSI: nvarguscamerasrc)
+``rtsp://``, ``http(s)://`` a network stream
+a video file                read to its end (``loop`` restarts it)
+an image file, a folder,    images in sorted order; unreadable ones are
+or a glob                   skipped and counted
+==========================  ==================================================
+
+``read()`` returns the next :class:`Frame`, or None when a finite source has
+ended.  A live source that fails raises :class:`SourceError`; the caller
+decides whether to reconnect.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.config import SourceConfig
+from device.errors import SourceError
+from device.frames import Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"}
+KNOWN = "auto, demo, picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FrameSource:
+    """Base class: ``read()`` a frame at a time; a context manager that closes itself."""
+
+    live = False  # a camera or stream (reconnect on failure) rather than a file
+    name = "source"
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.skipped = 0  # unreadable frames
+
+    def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _frame(self, image: np.ndarray, name: str | None = None) -> Frame:
+        frame = Frame(image, self.index, name or self.name, _now())
+        self.index += 1
+        return frame
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ImageFilesSource(FrameSource):
+    """Image files in sorted order; each frame's source is its file name."""
+
+    def __init__(self, paths: list[Path], loop: bool = False):
+        super().__init__()
+        if not paths:
+            raise SourceError("no images found for --source")
+        self.paths, self.loop, self._next = paths, loop, 0
+        self.name = str(paths[0].parent)
+
+    def read(self) -> Frame | None:
+        while True:
+            if self._next >= len(self.paths):
+                if not self.loop:
+                    return None
+                self._next = 0
+            path = self.paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return self._frame(image, path.name)
+            self.skipped += 1
+            log.warning("skipped unreadable image %s", path)
+
+
+class VideoCaptureSource(FrameSource):
+    """OpenCV VideoCapture: files, V4L2 cameras, GStreamer pipelines and network streams."""
+
+    def __init__(self, target: str | int, name: str, live: bool, cfg: SourceConfig, api: int = cv2.CAP_ANY):
+        super().__init__()
+        self.target, self.name, self.live, self.loop = target, name, live, cfg.loop and not live
+        self._cap = cv2.VideoCapture(target, api)
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open {name}")
+        if live and api != cv2.CAP_GSTREAMER:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+            self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+            self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
+
+    def read(self) -> Frame | None:
+        ok, image = self._cap.read()
+        if ok and image is not None:
+            return self._frame(image)
+        if self.live:
+            raise SourceError(f"{self.name} stopped delivering frames")
+        if self.loop and self.index > 0:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+            if ok and image is not None:
+                return self._frame(image)
+        return None
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class Picamera2Source(FrameSource):
+    """The Raspberry Pi camera through picamera2 (an apt package on Raspberry Pi OS)."""
+
+    live = True
+
+    def __init__(self, camera: int, cfg: SourceConfig):
+        super().__init__()
+        try:
+            from picamera2 import Picamera2
+        except ModuleNotFoundError:
+            raise SourceError("picamera2 is not installed: on Raspberry Pi OS, `sudo apt install python3-picamera2`"
+                              " and create the venv with --system-site-packages") from None
+        self.name = f"picamera2:{camera}"
+        try:
+            self.camera = Picamera2(camera)
+            # RGB888 is B,G,R in memory: OpenCV's order.
+            config = self.camera.create_video_configuration(
+                main={"size": (cfg.width, cfg.height), "format": "RGB888"},
+                controls={"FrameRate": cfg.fps})
+            self.camera.configure(config)
+            self.camera.start()
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise SourceError(f"cannot start {self.name}: {exc}") from None
+
+    def read(self) -> Frame | None:
+        try:
+            return self._frame(self.camera.capture_array("main"))
+        except (RuntimeError, OSError) as exc:
+            raise SourceError(f"{self.name} failed: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self.camera.stop()
+            self.camera.close()
+        except (RuntimeError, OSError):
+            pass
+
+
+def demo_portrait() -> np.ndarray:
+    """Grace Hopper's portrait, which ships with matplotlib (a dependency of mediapipe)."""
+    try:
+        from matplotlib import cbook
+        path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    except (ImportError, OSError, ValueError):
+        raise SourceError("the demo source needs matplotlib's sample data (pip install matplotlib)") from None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"cannot read the demo image {path}")
+    return image
+
+
+class DemoSource(FrameSource):
+    """Two copies of a real portrait gliding over a background: shows the pipeline with no camera."""
+
+    name = "demo"
+
+    def __init__(self, cfg: SourceConfig, frames: int = 300):
+        super().__init__()
+        self.width, self.height, self.frames, self.loop = cfg.width, cfg.height, frames, cfg.loop
+        portrait = demo_portrait()
+        scale = 0.55 * self.height / portrait.shape[0]
+        self.big = cv2.resize(portrait, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(portrait, None, fx=scale * 0.7, fy=scale * 0.7, interpolation=cv2.INTER_AREA)
+        self.small = np.ascontiguousarray(small[:, ::-1])
+        ramp = np.linspace(40, 110, self.width, dtype=np.uint8)
+        self.background = np.dstack([np.tile(ramp, (self.height, 1))] * 3)
+
+    def read(self) -> Frame | None:
+        if self.index >= self.frames and not self.loop:
+            return None
+        t = self.index / 30.0
+        image = self.background.copy()
+        w = self.width
+        self._paste(image, self.big, int(w * 0.05 + w * 0.08 * (1 + math.sin(t))), int(self.height * 0.1))
+        self._paste(image, self.small, int(w * 0.55 + w * 0.08 * (1 + math.cos(t * 0.7))), int(self.height * 0.3))
+        return self._frame(image)
+
+    @staticmethod
+    def _paste(canvas: np.ndarray, tile: np.ndarray, x: int, y: int) -> None:
+        h = min(tile.shape[0], canvas.shape[0] - y)
+        w = min(tile.shape[1], canvas.shape[1] - x)
+        canvas[y:y + h, x:x + w] = tile[:h, :w]
+
+
+def _image_paths(spec: str) -> list[Path] | None:
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [path]
+    if any(ch in spec for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    return None
+
+
+def _first_camera(cfg: SourceConfig) -> FrameSource:
+    try:
+        from picamera2 import Picamera2
+        if Picamera2.global_camera_info():
+            return Picamera2Source(0, cfg)
+    except (ModuleNotFoundError, RuntimeError, OSError):
+        pass
+    for index in range(10):
+        if os.path.exists(f"/dev/video{index}"):
+            try:
+                source = VideoCaptureSource(index, f"/dev/video{index}", True, cfg, cv2.CAP_V4L2)
+            except SourceError:
+                continue
+            ok, _ = source._cap.read()
+            if ok:
+                return source
+            source.close()
+    raise SourceError("no camera found; choose a source with --source (e.g. --source demo, --source video.mp4,"
+                      " --source /dev/video0, --source picamera2:0)")
+
+
+def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
+    """The one factory: every source string is interpreted here."""
+    cfg = cfg or SourceConfig()
+    if uri == "auto":
+        return _first_camera(cfg)
+    if uri == "demo":
+        return DemoSource(cfg)
+    if uri.startswith("picamera2"):
+        _, _, number = uri.partition(":")
+        if number and not number.isdigit():
+            raise SourceError(f"bad camera number in {uri!r}; use picamera2:0")
+        return Picamera2Source(int(number or 0), cfg)
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        index = int(uri) if uri.isdigit() else uri
+        return VideoCaptureSource(index, uri if not uri.isdigit() else f"/dev/video{uri}", True, cfg, cv2.CAP_V4L2)
+    if "!" in uri:
+        return VideoCaptureSource(uri, "gstreamer", True, cfg, cv2.CAP_GSTREAMER)
+    if uri.split("://")[0] in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp") and "://" in uri:
+        return VideoCaptureSource(uri, uri.split("@")[-1], True, cfg, cv2.CAP_FFMPEG)
+    images = _image_paths(uri)
+    if images is not None:
+        if not images:
+            raise SourceError(f"no images in {uri}")
+        return ImageFilesSource(images, cfg.loop)
+    path = Path(uri)
+    if path.is_file():
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            log.info("treating %s as a video file", path)
+        return VideoCaptureSource(str(path), path.name, False, cfg, cv2.CAP_FFMPEG)
+    raise SourceError(f"unknown source {uri!r}: no such file; --source takes {KNOWN}")
