@@ -7,6 +7,7 @@ through the model in one batch where the model allows it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -47,8 +48,7 @@ class EmotionClassifier:
         units = int(np.prod(self.runtime.output.shape[1:]))
         if units != m.output_units:
             raise ModelError(f"{model} has {units} outputs but its manifest lists {len(m.labels)} labels")
-        crop = m.crop if cfg.crop_margin is None else mf.Crop(cfg.crop_margin, m.crop.square)
-        self.crop = crop
+        self.crop = m.crop if cfg.crop_margin is None else dataclasses.replace(m.crop, margin=cfg.crop_margin)
         self.labels = m.labels
         self._batched = self._probe_batching()
 

@@ -1,4 +1,4 @@
-"""``python -m device {run,bench,models}``: the on-device program.
+"""``python -m device {run,bench,soak,models,install-service}``: the on-device program.
 
 Options come from a TOML file (``--config``) and flags, flags winning.  Every
 failure the user can act on is one line on stderr and an exit code
@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
-import threading
 
 from device import config as cfgmod
 from device.errors import DeviceError
@@ -60,10 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(bench)
     bench.add_argument("--frames", type=int, default=300, help="frames to measure (default: 300)")
     bench.add_argument("--warmup", type=int, default=20, help="frames run before measuring (default: 20)")
+    soak = sub.add_parser("soak", help="run many frames from a looped generated video and report RSS growth")
+    add_config_flags(soak)
+    soak.add_argument("--frames", type=int, default=100_000, help="frames to run (default: 100000)")
+    soak.add_argument("--warmup", type=int, default=500,
+                      help="frames before the start RSS is taken (default: 500)")
     models = sub.add_parser("models", help="provision the face-detection models (pinned sha256)")
     models.add_argument("--dir", default="models", help="destination folder (default: models)")
     models.add_argument("--wheel", help="take the models from this local mediapipe 0.10.21 wheel")
     models.add_argument("--offline", action="store_true", help="skip the official location; use the package index")
+    from device.install import add_install_parser
+    add_install_parser(sub)
     return parser
 
 
@@ -73,15 +78,20 @@ def load_config(args: argparse.Namespace) -> cfgmod.Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from device.pipeline import Pipeline
+    from device.service import SdNotifier, Signals
+    signals = Signals().install()  # before the model loads: a SIGTERM during start-up still exits cleanly
+    notifier = SdNotifier.from_env()  # does nothing outside systemd
     config = load_config(args)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    pipeline = Pipeline(config)
+    notifier.check_watchdog(config.run.no_frame_timeout)
+    pipeline = Pipeline(config, notifier, signals.stop)
     try:
-        pipeline.run(stop)
+        pipeline.run(signals.stop, signals.reload, lambda: load_config(args))
+        if signals.received:
+            log.info("%s: stopped after the current frame", signals.received)
     finally:
+        notifier.stopping()
         pipeline.close()
+        notifier.close()
     print(pipeline.summary())
     return 0
 
@@ -90,6 +100,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from device.bench import bench
     config = load_config(args)
     print(bench(config, args.frames, args.warmup))
+    return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from device.soak import soak
+    print(soak(load_config(args), args.frames, args.warmup))
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from device.install import install
+    install(args)
     return 0
 
 
@@ -104,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "models": cmd_models}
+    commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models,
+                "install-service": cmd_install_service}
     try:
         return commands[args.command](args)
     except DeviceError as exc:

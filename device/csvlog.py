@@ -1,14 +1,18 @@
 """The CSV log: one row per face per processed frame, durable across crashes.
 
 - Rows go to the file every frame with ``os.write`` on an O_APPEND descriptor
-  (no user-space buffer), and are fsynced every ``fsync_interval`` seconds.
-- Opening an existing file repairs a torn last line (a crash mid-write) and
-  keeps its single header; a file with other columns is an error.
+  (no user-space buffer, so SIGKILL loses nothing already written), and are
+  fsynced every ``fsync_interval`` seconds (power cuts).
+- The file only ever holds whole rows: a short write (the disk filled mid-row)
+  is cut back to the last complete row.  Opening an existing file repairs what
+  a power cut can still leave (a torn last line, a tail of NUL bytes, a torn
+  header) and keeps its single header; a file with other columns is an error.
 - ``rotate = "daily"`` or ``"size"`` writes ``emotions-YYYY-MM-DD[.N].csv`` files
-  in a folder, each with its header, and deletes those older than
+  (UTC dates) in a folder, each with its header, and deletes those older than
   ``retention_days``.
-- A full disk logs one warning and keeps the rows in memory; they are written
-  when space returns, so the pipeline keeps running and no row is lost.
+- A full disk logs one warning and holds the rows in memory (up to
+  ``MAX_PENDING_BYTES``, then new rows are dropped and counted); they are
+  written when space returns, so the pipeline keeps running.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ log = logging.getLogger(__name__)
 
 FIXED = ["timestamp", "frame", "source", "track_id", "x", "y", "w", "h", "label", "confidence"]
 ROTATED = re.compile(r"^emotions-(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.csv$")
-MAX_PENDING_BYTES = 64 << 20  # rows held in memory while the disk is full
+MAX_PENDING_BYTES = 64 << 20  # rows held in memory while the disk is full (~200,000 rows)
+REPAIR_WINDOW = 1 << 20  # how far back from the end a power cut can leave garbage
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def columns(labels: tuple[str, ...]) -> list[str]:
@@ -53,13 +59,60 @@ def format_rows(frame: Frame, faces: list[Face]) -> str:
     return "".join(lines)
 
 
+def repair(path: Path, header: str) -> int:
+    """Make ``path`` end with a whole row after a crash; returns the bytes cut (0: it was fine).
+
+    Cuts a torn last line and any trailing lines holding NUL bytes (what some
+    filesystems leave of unsynced appends after a power cut).  A file that is
+    only a torn header is emptied, so the header is written again in full.
+    Raises ConfigError when the header belongs to other columns.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - REPAIR_WINDOW)
+        f.seek(start)
+        tail = f.read()
+        keep = len(tail) if tail.endswith(b"\n") else tail.rfind(b"\n") + 1
+        while keep > 0 and b"\0" in tail[tail.rfind(b"\n", 0, keep - 1) + 1:keep]:
+            keep = tail.rfind(b"\n", 0, keep - 1) + 1  # drop a NUL-filled line
+        if keep == 0 and start > 0:
+            raise ConfigError(f"log.csv: {path} has no complete row in its last {REPAIR_WINDOW} bytes; move it away")
+        f.seek(0)
+        # keep == 0: not even the header is whole; the file is emptied and the header written again
+        if keep and f.readline().decode(errors="replace") != header:
+            raise ConfigError(f"log.csv: {path} has other columns than this model's; use another file")
+        cut = size - (start + keep)
+        if cut:
+            f.truncate(start + keep)
+            os.fsync(f.fileno())
+            log.warning("%s: removed %d bytes of a partial last row left by an interrupted write", path, cut)
+        return cut
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a new file's name durable, not only its contents."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class CsvLog:
     def __init__(self, cfg: LogConfig, labels: tuple[str, ...]):
         self.cfg, self.header = cfg, ",".join(columns(labels)) + "\n"
-        self.rows_written = 0
+        self.rows_written = 0  # rows accepted: on disk, or held while the disk is full
+        self.rows_dropped = 0  # rows refused because the memory for held rows ran out
         self._fd: int | None = None
         self._path: Path | None = None
-        self._pending = b""
+        self._pending = bytearray()
         self._disk_full = False
         self._last_sync = time.monotonic()
         self._open(self._target_path())
@@ -82,40 +135,17 @@ class CsvLog:
 
     def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        repair(path, self.header)
+        existed = path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if not existed:
+            _fsync_dir(path.parent)
         if os.fstat(fd).st_size == 0:
-            self._pending = self.header.encode() + self._pending
+            self._pending[:0] = self.header.encode()
         self._fd, self._path = fd, path
         self._flush()
         if self.cfg.rotate != "none":
             self._apply_retention(path.parent)
-
-    def _repair(self, path: Path) -> None:
-        """Cut a torn last line (power cut mid-write) and check the header."""
-        if not path.exists() or path.stat().st_size == 0:
-            return
-        with open(path, "rb+") as f:
-            first = f.readline()
-            if first.decode(errors="replace") != self.header:
-                raise ConfigError(f"log.csv: {path} has other columns than this model's; use another file")
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 1))
-            if f.read(1) != b"\n":
-                # walk back to the last newline and truncate after it
-                pos = size
-                while pos > 0:
-                    step = min(4096, pos)
-                    f.seek(pos - step)
-                    chunk = f.read(step)
-                    nl = chunk.rfind(b"\n")
-                    if nl >= 0:
-                        pos = pos - step + nl + 1
-                        break
-                    pos -= step
-                f.truncate(pos)
-                log.warning("%s: removed a partial last line left by an interrupted write", path)
 
     def _apply_retention(self, folder: Path) -> None:
         if not self.cfg.retention_days:
@@ -135,36 +165,58 @@ class CsvLog:
                 self._close_fd()
                 self._open(target)
         if faces:
-            self._pending += format_rows(frame, faces).encode()
-            self.rows_written += len(faces)  # counted when accepted; held in memory while the disk is full
+            self._hold(format_rows(frame, faces).encode(), len(faces))
         self._flush()
         if self.cfg.fsync_interval == 0 or time.monotonic() - self._last_sync >= self.cfg.fsync_interval:
             self._sync()
+
+    def _hold(self, rows: bytes, count: int) -> None:
+        if len(self._pending) + len(rows) > MAX_PENDING_BYTES:
+            if not self.rows_dropped:
+                log.error("CSV log: %d MB of rows held on a full disk; dropping new rows until space returns",
+                          MAX_PENDING_BYTES >> 20)
+            self.rows_dropped += count
+            return
+        self._pending += rows
+        self.rows_written += count
 
     def _flush(self) -> None:
         while self._pending and self._fd is not None:
             try:
                 n = os.write(self._fd, self._pending)
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if exc.errno not in DISK_FULL:
                     raise
-                if not self._disk_full:
-                    log.warning("CSV log: disk full, holding rows in memory until space returns (%s)", self._path)
-                    self._disk_full = True
-                if len(self._pending) > MAX_PENDING_BYTES:
-                    log.error("CSV log: %d bytes pending on a full disk", len(self._pending))
+                self._on_disk_full()
                 return
-            self._pending = self._pending[n:]
+            if n < len(self._pending):  # a short write: the disk filled mid-row
+                del self._pending[:self._cut_partial_row(n)]
+                self._on_disk_full()
+                return
+            del self._pending[:n]
         if self._disk_full and not self._pending:
-            log.warning("CSV log: space is back, pending rows written")
+            log.warning("CSV log: space is back; the held rows are written (%s)", self._path)
             self._disk_full = False
+
+    def _cut_partial_row(self, written: int) -> int:
+        """Truncate a short write back to its last whole row, so the file never holds half a row."""
+        whole = self._pending.rfind(b"\n", 0, written) + 1
+        if whole < written:
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - (written - whole))
+        return whole
+
+    def _on_disk_full(self) -> None:
+        if not self._disk_full:
+            log.warning("CSV log: disk full; holding rows in memory until space returns (%s)", self._path)
+            self._disk_full = True
 
     def _sync(self) -> None:
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
             except OSError as exc:
-                log.warning("CSV log: fsync failed: %s", exc)
+                if exc.errno not in DISK_FULL:
+                    log.warning("CSV log: fsync failed: %s", exc)
         self._last_sync = time.monotonic()
 
     def reopen(self) -> None:
@@ -182,7 +234,16 @@ class CsvLog:
     def close(self) -> None:
         self._close_fd()
         if self._pending:
-            log.error("CSV log: %d bytes could not be written (disk full)", len(self._pending))
+            log.error("CSV log: %d rows could not be written (disk full)", self.backlog)
+
+    @property
+    def backlog(self) -> int:
+        """Rows held in memory, not yet in the file (the disk is full)."""
+        return self._pending.count(b"\n")
+
+    @property
+    def disk_full(self) -> bool:
+        return self._disk_full
 
     @property
     def path(self) -> Path | None:

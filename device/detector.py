@@ -104,11 +104,23 @@ def tile_grid(width: int, height: int, n: int, overlap: float = TILE_OVERLAP) ->
     return [(int(x), int(y), tw, th) for y in ys for x in xs]
 
 
-def merge(detections: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
-    """Non-maximum suppression (OpenCV's) over detections from the frame and its tiles."""
+def merge(detections: list[Detection], iou: float = NMS_IOU, inside: float = 0.7) -> list[Detection]:
+    """Non-maximum suppression (OpenCV's) over detections from the frame and its tiles, then
+    drop boxes lying mostly inside a better one (the same face seen at two scales)."""
     if len(detections) < 2:
         return detections
     boxes = [[d.box.x, d.box.y, d.box.w, d.box.h] for d in detections]
     scores = [d.score for d in detections]
-    keep = cv2.dnn.NMSBoxes(boxes, scores, 0.0, iou)
-    return [detections[i] for i in np.array(keep).reshape(-1)]
+    keep = [detections[i] for i in np.array(cv2.dnn.NMSBoxes(boxes, scores, 0.0, iou)).reshape(-1)]
+    keep.sort(key=lambda d: d.score, reverse=True)
+    out: list[Detection] = []
+    for d in keep:
+        if all(_overlap_of_smaller(d.box, k.box) < inside for k in out):
+            out.append(d)
+    return out
+
+
+def _overlap_of_smaller(a: Box, b: Box) -> float:
+    ix = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    return ix * iy / max(1, min(a.w * a.h, b.w * b.h))

@@ -41,11 +41,14 @@ class Crop:
     """How a face box from the detector becomes the classifier's input image.
 
     ``margin`` is added on each side as a fraction of the box size; ``square``
-    grows the shorter side so the crop is square before resizing.
+    grows the shorter side so the crop is square before resizing; ``shift_y``
+    moves the crop's centre down by that fraction of the box height (negative:
+    up), since datasets frame faces differently from the detector.
     """
 
     margin: float = 0.1
     square: bool = True
+    shift_y: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,23 @@
 """The composition root: source -> detect -> classify -> track -> overlay -> sink, and the CSV log.
 
 One loop, one frame at a time, each stage timed.  A stop event (set by a
-signal handler) ends it cleanly after the current frame.  A live source that
-fails is reopened with exponential backoff; after ``no_frame_timeout`` seconds
-without a frame the run gives up with a SourceError.
+signal handler) ends it cleanly after the current frame, and a reload event
+(SIGHUP) swaps in a new config and model between two frames.  A camera that
+is missing at start or fails later is reopened with exponential backoff; after
+``no_frame_timeout`` seconds without a frame the run gives up with a SourceError
+(the service manager restarts the process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,7 +26,7 @@ from device.classifier import EmotionClassifier
 from device.config import Config
 from device.csvlog import CsvLog
 from device.detector import FaceDetector
-from device.errors import SourceError
+from device.errors import DeviceError, SourceError
 from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
@@ -33,6 +37,7 @@ from device.tracker import Tracker
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "detect", "classify", "track", "overlay", "output", "log")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 
 
 class Notifier:
@@ -43,6 +48,16 @@ class Notifier:
     def watchdog(self) -> None: ...
 
     def status(self, text: str) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+def is_camera(uri: str) -> bool:
+    """Sources that can come back (cameras, streams): retried when missing.  Mirrors open_source."""
+    return (uri == "auto" or uri.startswith(("picamera2", "/dev/video")) or uri.isdigit() or "!" in uri
+            or ("://" in uri and uri.split("://")[0] in NETWORK_SCHEMES))
 
 
 @dataclass
@@ -77,19 +92,38 @@ def soc_temperature() -> float | None:
 
 
 class Pipeline:
-    def __init__(self, config: Config, notifier: Notifier | None = None):
+    def __init__(self, config: Config, notifier: Notifier | None = None, stop: threading.Event | None = None):
         self.config = config
         self.notifier = notifier or Notifier()
-        self.classifier = EmotionClassifier(config.classifier)
-        self.detector = FaceDetector(config.detector)
-        self.tracker = Tracker(config.tracker, self.classifier.labels)
-        self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
-        self.source: FrameSource = open_source(config.source.uri, config.source)
-        self.sink: Sink = open_sink(config.output, self.source, float(config.source.fps))
         self.stats = Stats()
         self.records: list[dict[str, float]] | None = None  # per-frame stage timings, for bench
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._quit = False
+        self._first_frame = None  # read while waiting for a camera at start
+        self.detector: FaceDetector | None = None  # set below; None lets close() run after a failed start
+        self.csv: CsvLog | None = None
+        self.source: FrameSource | None = None
+        self.sink: Sink | None = None
+        try:
+            # The model first: a missing model is a config problem (exit 78), whatever the camera does.
+            self.classifier = EmotionClassifier(config.classifier)
+            self.detector = FaceDetector(config.detector)
+            self.tracker = Tracker(config.tracker, self.classifier.labels)
+            self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
+            self.source = self._open_source()
+            self.sink = open_sink(config.output, self.source, float(config.source.fps))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_source(self) -> FrameSource | None:
+        try:
+            return open_source(self.config.source.uri, self.config.source)
+        except SourceError as exc:
+            if not is_camera(self.config.source.uri):
+                raise
+            self._first_frame = self._reconnect(exc)  # a camera not plugged in (yet): wait for it
+            return self.source
 
     # -- one frame ---------------------------------------------------------------------------
     def step(self) -> FrameResult | None:
@@ -137,6 +171,11 @@ class Pipeline:
 
     def _read(self):
         """The next frame; a failing live source is reopened with backoff until the timeout."""
+        if self._first_frame is not None:
+            frame, self._first_frame = self._first_frame, None
+            return frame
+        if self.source is None:  # stopped while waiting for the camera
+            return None
         try:
             return self.source.read()
         except SourceError as exc:
@@ -145,28 +184,38 @@ class Pipeline:
             return self._reconnect(exc)
 
     def _reconnect(self, error: SourceError):
-        deadline = time.monotonic() + self.config.run.no_frame_timeout
+        """Reopen the source with exponential backoff until a frame comes, or give up after the timeout."""
+        uri, run = self.config.source.uri, self.config.run
+        deadline = time.monotonic() + run.no_frame_timeout
         delay = 0.5
         while time.monotonic() < deadline and not self._stop.is_set():
-            log.warning("%s; reconnecting in %.1f s", error, delay)
-            self.notifier.status(f"camera lost ({error}); reconnecting")
+            log.warning("%s; retrying in %.1f s", error, delay)
+            self.notifier.status(f"no camera: {error}; retrying in {delay:.1f} s")
             self._stop.wait(delay)
-            delay = min(delay * 2, self.config.run.reconnect_max_delay)
-            self.source.close()
+            delay = min(delay * 2, run.reconnect_max_delay)
+            if self.source is not None:
+                self.source.close()
+                self.source = None
             try:
-                self.source = open_source(self.config.source.uri, self.config.source)
-                frame = self.source.read()
+                source = open_source(uri, self.config.source)
             except SourceError as exc:
                 error = exc
                 continue
+            try:
+                frame = source.read()
+            except SourceError as exc:
+                source.close()
+                error = exc
+                continue
+            self.source = source
             if frame is not None:
                 self.stats.reconnects += 1
-                log.info("camera reconnected")
-                self.notifier.status("camera reconnected")
+                log.info("camera %s delivers frames again", uri)
+                self.notifier.status(f"camera {uri} connected")
                 return frame
         if self._stop.is_set():
             return None
-        raise SourceError(f"no frames for {self.config.run.no_frame_timeout:.0f} s ({error}); giving up")
+        raise SourceError(f"no frames for {run.no_frame_timeout:.0f} s ({error}); giving up")
 
     def _save_faces(self, frame, faces) -> None:
         import cv2
@@ -177,7 +226,10 @@ class Pipeline:
                 write_atomic(folder / f"{frame.index:08d}_track{face.track_id}.jpg", data.tobytes())
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, stop: threading.Event | None = None) -> Stats:
+    def run(self, stop: threading.Event | None = None, reload: threading.Event | None = None,
+            load_config: Callable[[], Config] | None = None) -> Stats:
+        """Frames until the source ends, ``max_frames``, or ``stop``; ``reload`` (SIGHUP) reloads between
+        frames, with ``load_config()`` (the config file again) or else the current config."""
         if stop is not None:
             self._stop = stop
         max_frames = self.config.run.max_frames
@@ -186,6 +238,9 @@ class Pipeline:
         while not self._stop.is_set() and not self._quit:
             if max_frames is not None and self.stats.frames >= max_frames:
                 break
+            if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
+                reload.clear()
+                self.reload(load_config)
             result = self.step()
             if result is None:
                 break
@@ -203,9 +258,12 @@ class Pipeline:
         s = self.stats
         total = sum(s.median_ms().values())
         temp = soc_temperature()
+        csv = ""
+        if self.csv is not None and (self.csv.backlog or self.csv.rows_dropped):
+            csv = f", csv disk full: {self.csv.backlog} rows held, {self.csv.rows_dropped} dropped"
         return (f"fps {s.fps():.1f}, frames {s.frames}, faces {s.faces}, latency {total:.1f} ms, "
-                f"skipped {s.skipped_frames}, reconnects {s.reconnects}"
-                + (f", soc {temp:.1f} C" if temp is not None else ""))
+                f"dropped frames {s.skipped_frames}, reconnects {s.reconnects}"
+                + (f", soc {temp:.1f} C" if temp is not None else "") + csv)
 
     def summary(self) -> str:
         s = self.stats
@@ -215,18 +273,48 @@ class Pipeline:
                 f"{s.skipped_frames} unreadable frames skipped, {s.frames / elapsed if elapsed else 0:.1f} fps"
                 f"{rows}")
 
-    def reload(self) -> None:
-        """SIGHUP: load the model again (a new .tflite copied in place) and reopen the CSV."""
-        classifier = EmotionClassifier(self.config.classifier)
-        if classifier.labels != self.classifier.labels:
-            self.tracker = Tracker(self.config.tracker, classifier.labels)
-            if self.csv is not None:  # other columns: a fresh file is needed
-                self.csv.close()
-                self.csv = CsvLog(self.config.log, classifier.labels)
-        elif self.csv is not None:
+    def reload(self, load_config: Callable[[], Config] | None = None) -> None:
+        """SIGHUP: read the config again, load the model again (a new .tflite copied in place) and
+        reopen the CSV (logrotate).  A reload that fails keeps the running config and model."""
+        self.notifier.reloading()
+        try:
+            self._reload(load_config() if load_config else self.config)
+        except DeviceError as exc:
+            log.error("reload failed; still running the previous config and model: %s", exc)
+            self.notifier.status(f"reload failed: {exc}")
+        else:
+            log.info("reloaded: model %s, CSV %s", self.config.classifier.model, self.csv.path if self.csv else "off")
+            self.notifier.status(f"reloaded the config and {Path(self.config.classifier.model).name}")
+        self.notifier.ready()
+
+    def _reload(self, config: Config) -> None:
+        old = self.config
+        if (config.source, config.output) != (old.source, old.output):
+            log.warning("source and output changes take effect at the next restart (systemctl restart)")
+            config = dataclasses.replace(config, source=old.source, output=old.output)
+        classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
+        detector = FaceDetector(config.detector) if config.detector != old.detector else self.detector
+        try:
+            csv = self._reopen_csv(config, classifier.labels)
+        except DeviceError:
+            if detector is not self.detector:
+                detector.close()
+            raise
+        if detector is not self.detector:
+            self.detector.close()
+        if classifier.labels != self.classifier.labels or config.tracker != old.tracker:
+            self.tracker = Tracker(config.tracker, classifier.labels)
+        self.classifier, self.detector, self.csv, self.config = classifier, detector, csv, config
+
+    def _reopen_csv(self, config: Config, labels: tuple[str, ...]) -> CsvLog | None:
+        """The same log reopened (logrotate moved it; rows held on a full disk are kept), or a new one."""
+        if self.csv is not None and config.log == self.config.log and labels == self.classifier.labels:
             self.csv.reopen()
-        self.classifier = classifier
-        log.info("reloaded the model %s and reopened the log", self.config.classifier.model)
+            return self.csv
+        csv = CsvLog(config.log, labels) if config.log.csv else None  # fails before the old one closes
+        if self.csv is not None:
+            self.csv.close()
+        return csv
 
     def close(self) -> None:
         for part in (self.sink, self.source, self.detector, self.csv):

@@ -10,7 +10,9 @@ from device.manifest import Crop
 
 
 def to_model_image(image: np.ndarray, size: int, color: str, bgr: bool = False) -> np.ndarray:
-    """uint8 HxW or HxWx3 -> uint8 (size, size, channels) as the model takes it."""
+    """uint8 HxW, HxWx1 or HxWx3 -> uint8 (size, size, channels) as the model takes it."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     if color == "grayscale" and image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
     elif color == "rgb":
@@ -29,7 +31,7 @@ def crop_rect(box: Box, crop: Crop) -> Box:
     w, h = box.w * (1 + 2 * crop.margin), box.h * (1 + 2 * crop.margin)
     if crop.square:
         w = h = max(w, h)
-    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2 + crop.shift_y * box.h
     return Box(int(round(cx - w / 2)), int(round(cy - h / 2)), max(1, int(round(w))), max(1, int(round(h))))
 
 

@@ -52,3 +52,39 @@ def tiny_run(tmp_path_factory, fer_small) -> Path:
     cfg = FitConfig(data=str(fer_small), out=str(out), alpha=0.35, input_size=48, epochs=2, batch_size=32,
                     warmup_epochs=0, seed=1)
     return fit(cfg)
+
+
+# A classifier for device tests: an untrained tiny MobileNetV2, converted to int8 in a subprocess
+# so that TensorFlow (1 GB, slow to import) stays out of the test process.
+TINY_TFLITE = r'''
+import sys
+import numpy as np, keras, tensorflow as tf
+from device import manifest as mf
+from training.model import build
+out, labels = sys.argv[1], sys.argv[2].split(",")
+keras.utils.set_random_seed(0)
+model = build("mobilenetv2", len(labels), 48, 1, alpha=0.35)
+conv = tf.lite.TFLiteConverter.from_keras_model(model)
+conv.optimizations = [tf.lite.Optimize.DEFAULT]
+rng = np.random.default_rng(0)
+conv.representative_dataset = lambda: ([rng.integers(0, 256, (1, 48, 48, 1)).astype("float32")] for _ in range(20))
+conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+conv.inference_input_type = tf.int8
+conv.inference_output_type = tf.int8
+open(out, "wb").write(conv.convert())
+manifest = mf.Manifest(labels=tuple(labels), input_size=48, color="grayscale", scale=1.0, offset=0.0,
+                       mode="int8", model_sha256=mf.sha256_file(out))
+mf.save(manifest, mf.manifest_path_for(out))
+'''
+
+
+@pytest.fixture(scope="session")
+def tflite_model(tmp_path_factory) -> Path:
+    """An int8 48x48 grayscale 7-class .tflite (untrained weights) with its manifest beside it."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tflite") / "emotion_tiny.tflite"
+    subprocess.run([sys.executable, "-c", TINY_TFLITE, str(out), ",".join(LABELS)], cwd=ROOT, check=True,
+                   capture_output=True)
+    return out

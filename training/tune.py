@@ -116,15 +116,36 @@ class EmotionHyperModel(kt.HyperModel):
                          callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
 
 
+class _TensorBoardOptional:
+    """KerasTuner (1.4.8) imports tensorboard in every trial on the TensorFlow backend, only to patch
+    TensorBoard callbacks; TensorFlow 2.21 no longer installs tensorboard.  Import it only when one is given."""
+
+    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+        if any(type(callback).__name__ == "TensorBoard" for callback in callbacks):
+            super()._configure_tensorboard_dir(callbacks, trial, execution)
+
+
+class RandomSearch(_TensorBoardOptional, kt.RandomSearch):
+    pass
+
+
+class BayesianOptimization(_TensorBoardOptional, kt.BayesianOptimization):
+    pass
+
+
+class Hyperband(_TensorBoardOptional, kt.Hyperband):
+    pass
+
+
 def make_tuner(kind: str, hypermodel: kt.HyperModel, cfg: FitConfig, trials: int, directory: Path) -> kt.Tuner:
     common = dict(objective=kt.Objective(OBJECTIVE, direction="max"), seed=cfg.seed, directory=str(directory),
                   project_name="tuner", overwrite=False)
     if kind == "random":
-        return kt.RandomSearch(hypermodel, max_trials=trials, **common)
+        return RandomSearch(hypermodel, max_trials=trials, **common)
     if kind == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
+        return BayesianOptimization(hypermodel, max_trials=trials, **common)
     if kind == "hyperband":  # the number of trials follows from max_epochs; each trial trains up to cfg.epochs
-        return kt.Hyperband(hypermodel, max_epochs=cfg.epochs, **common)
+        return Hyperband(hypermodel, max_epochs=cfg.epochs, **common)
     raise DataError(f"tuner must be one of {', '.join(TUNERS)}, got {kind!r}")
 
 
@@ -163,7 +184,9 @@ def tune(cfg: FitConfig, tuner: str, trials: int, space: SearchSpace | None = No
 
     rows = result_rows(search.oracle, cfg)
     if not any(row["status"] == "COMPLETED" for row in rows):
-        raise DataError(f"no trial completed; see the trial files in {work / 'tuner'}")
+        failed = [t.message for t in search.oracle.trials.values() if t.message]
+        last = failed[-1].strip().splitlines()[-1] if failed else "no trials ran"
+        raise DataError(f"no trial completed (last error: {last}); see {work / 'tuner'}")
     write_atomic(work / "results.csv", results_csv(rows).encode())
     write_atomic(work / "results.md", results_markdown(rows, tuner).encode())
     best = rows[0]

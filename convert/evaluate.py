@@ -1,0 +1,133 @@
+"""``python -m convert evaluate``: a .tflite in LiteRT on a labelled folder, exactly as the device runs it.
+
+Each image becomes a model-size image (``training.data.read_image``), then
+goes through :func:`device.runtime.to_input` and :func:`device.runtime.to_probs`,
+the same two functions as the device's classifier.  This module needs LiteRT,
+OpenCV and scikit-learn but never TensorFlow: Keras is imported only for the
+optional comparison with the source model (``--keras``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device import manifest as mf
+from device.errors import ModelError
+from device.runtime import Runtime, open_runtime, to_input, to_probs
+from training import report
+from training.data import Dataset, load_folder
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 64
+
+
+def labelled_folder(data: str | Path) -> Path:
+    """A split dataset's ``val/``, else the class-per-folder tree itself."""
+    data = Path(data)
+    return data / "val" if (data / "val").is_dir() else data
+
+
+def load_labelled(data: str | Path, manifest: mf.Manifest) -> Dataset:
+    """Model-size images of a class-per-folder tree whose classes must be the model's."""
+    return load_folder(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
+
+
+def open_model(path: str | Path, threads: int = 1) -> tuple[Runtime, mf.Manifest]:
+    """A .tflite and its manifest, checked against each other as the device checks them."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model not found: {path}")
+    manifest = mf.load(mf.manifest_path_for(path))
+    if manifest.model_sha256 and mf.sha256_file(path) != manifest.model_sha256:
+        raise ModelError(f"{path} does not match its manifest (sha256 differs)")
+    runtime = open_runtime(path, threads, "cpu")
+    check_runtime(runtime, manifest, path)
+    return runtime, manifest
+
+
+def check_runtime(runtime: Runtime, manifest: mf.Manifest, path: Path) -> None:
+    expected = (manifest.input_size, manifest.input_size, manifest.channels)
+    if tuple(runtime.input.shape[1:]) != expected:
+        raise ModelError(f"{path} takes input {runtime.input.shape[1:]} but its manifest says {expected}")
+    units = int(np.prod(runtime.output.shape[1:]))
+    if units != manifest.output_units:
+        raise ModelError(f"{path} has {units} outputs but its manifest lists {len(manifest.labels)} labels")
+
+
+def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """uint8 model-size images -> (N, classes) probabilities, in batches through the runtime."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], manifest, runtime.input)
+        chunks.append(to_probs(runtime.run(x), manifest, runtime.output))
+    return np.concatenate(chunks)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of images where two models' top-1 classes agree."""
+    return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+
+
+def compare(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], reference: np.ndarray | None = None
+            ) -> dict[str, Any]:
+    """training.report's metrics for the .tflite and, given the Keras model's output, how far it moved."""
+    out = report.compute(y, probs, labels)
+    if reference is not None:
+        ref = report.compute(y, reference, labels)
+        out["keras"] = {key: ref[key] for key in ("accuracy", "f1_macro", "per_class_accuracy")}
+        out["accuracy_drop_pp"] = 100.0 * (ref["accuracy"] - out["accuracy"])
+        out["agreement_with_keras"] = agreement(probs, reference)
+        out["mean_abs_prob_diff"] = float(np.abs(probs - reference).mean())
+    return out
+
+
+def keras_probs(keras_path: str | Path, manifest: mf.Manifest, images: np.ndarray) -> np.ndarray:
+    """The source Keras model's probabilities (imports Keras and TensorFlow)."""
+    from convert.source import KerasModel, resolve, run_manifest
+
+    path = resolve(keras_path)
+    source = run_manifest(path)
+    same = ("labels", "input_size", "color", "scale", "offset", "activation")
+    differ = [key for key in same if getattr(source, key) != getattr(manifest, key)]
+    if differ:
+        raise ModelError(f"the .tflite was not converted from {path}: their manifests differ in {', '.join(differ)}")
+    with KerasModel(path, source) as model:
+        if manifest.source.get("keras_sha256") not in (None, model.sha256):
+            log.warning("%s is not the file this .tflite was converted from (sha256 differs)", path)
+        return model.predict(images)
+
+
+def evaluate(model: str | Path, data: str | Path, keras_model: str | Path | None = None, threads: int = 1,
+             batch_size: int = BATCH_SIZE) -> dict[str, Any]:
+    """Metrics of a .tflite on a labelled folder (DATA/val when there is one), optionally against Keras."""
+    runtime, manifest = open_model(model, threads)
+    dataset = load_labelled(data, manifest)
+    started = time.perf_counter()
+    probs = predict(runtime, manifest, dataset.x, batch_size)
+    seconds = time.perf_counter() - started
+    log.info("%s: %d images in %.1f s (%s)", model, len(dataset), seconds, runtime.description)
+    reference = keras_probs(keras_model, manifest, dataset.x) if keras_model else None
+    result = compare(dataset.y, probs, manifest.labels, reference)
+    result.update(model=str(model), mode=manifest.mode, data=str(labelled_folder(data)),
+                  skipped_unreadable=dataset.skipped, seconds=round(seconds, 3))
+    if keras_model:
+        result["keras_model"] = str(keras_model)
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    lines = [f"{result['model']} ({result.get('mode') or 'mode unknown'}) on {result['data']}: n={result['n']}",
+             f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}",
+             "per-class accuracy: " + "  ".join(f"{name} {'n/a' if acc is None else f'{acc:.3f}'}"
+                                                 for name, acc in result["per_class_accuracy"].items())]
+    if "keras" in result:
+        lines.append(f"keras accuracy {result['keras']['accuracy']:.4f}  drop {result['accuracy_drop_pp']:.2f} pp"
+                     f"  top-1 agreement {result['agreement_with_keras']:.4f}")
+    return "\n".join(lines)
