@@ -74,12 +74,19 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    """Rows that sum to 1, as scikit-learn's ROC AUC requires: an int8 softmax's dequantized outputs sum to 1
+    only to within a few quantisation steps.  The top-1 class does not change."""
+    total = probs.sum(axis=1, keepdims=True)
+    return np.divide(probs, total, out=np.full_like(probs, 1 / probs.shape[1]), where=total > 0)
+
+
 def compare(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], reference: np.ndarray | None = None
             ) -> dict[str, Any]:
     """training.report's metrics for the .tflite and, given the Keras model's output, how far it moved."""
-    out = report.compute(y, probs, labels)
+    out = report.compute(y, _normalised(probs), labels)
     if reference is not None:
-        ref = report.compute(y, reference, labels)
+        ref = report.compute(y, _normalised(reference), labels)
         out["keras"] = {key: ref[key] for key in ("accuracy", "f1_macro", "per_class_accuracy")}
         out["accuracy_drop_pp"] = 100.0 * (ref["accuracy"] - out["accuracy"])
         out["agreement_with_keras"] = agreement(probs, reference)

@@ -186,8 +186,8 @@ def quantize(model: KerasModel, opts: Options, calibration: np.ndarray | None = 
                          f"{verification['n']} images) exceeds --max-drop {opts.max_drop:g}; no model written to "
                          f"{out}{kept}")
     base = model.manifest
-    crop = mf.Crop(margin=base.crop.margin if opts.crop_margin is None else opts.crop_margin,
-                   square=base.crop.square if opts.crop_square is None else opts.crop_square)
+    crop = dataclasses.replace(base.crop, margin=base.crop.margin if opts.crop_margin is None else opts.crop_margin,
+                               square=base.crop.square if opts.crop_square is None else opts.crop_square)
     source = {**base.source, "keras_model": str(model.path), "keras_sha256": model.sha256,
               "training_tools": dict(base.tools), **opts.provenance}
     if opts.mode == "int8":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 
 from device import config as cfgmod
@@ -78,7 +79,7 @@ def load_config(args: argparse.Namespace) -> cfgmod.Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from device.pipeline import Pipeline
-    from device.service import SdNotifier, Signals
+    from device.service import SdNotifier, Signals, exit_now
     signals = Signals().install()  # before the model loads: a SIGTERM during start-up still exits cleanly
     notifier = SdNotifier.from_env()  # does nothing outside systemd
     config = load_config(args)
@@ -93,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pipeline.close()
         notifier.close()
     print(pipeline.summary())
+    if signals.received:  # stopped by systemd or Ctrl-C, with the CSV closed: leave at once
+        exit_now(0)
     return 0
 
 
@@ -124,8 +127,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for journal-bound stderr).
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
     commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models,
                 "install-service": cmd_install_service}
     try:

@@ -33,7 +33,7 @@ def opt(default: Any, help: str, flag: str | None = None, choices: tuple | None 
 
 @dataclass
 class SourceConfig:
-    uri: str = opt("auto", "auto (first camera), demo, picamera2:N, /dev/videoN or N, rtsp://..., a GStreamer "
+    uri: str = opt("auto", "auto (first camera), demo or demo:1 (built in), picamera2:N, /dev/videoN or N, rtsp://..., a GStreamer "
                    "pipeline (with '!'), a video file, an image file, or a directory or glob of images", "--source")
     width: int = opt(640, "requested camera width", "--width", low=16, high=8192)
     height: int = opt(480, "requested camera height", "--height", low=16, high=8192)

@@ -88,11 +88,11 @@ def render_config(source: str | None) -> str:
     return text
 
 
-def _run(command: list[str]) -> None:
+def _run(command: list[str], hint: str = "") -> None:
     log.info("$ %s", " ".join(command))
     result = subprocess.run(command)
     if result.returncode != 0:
-        raise DeviceError(f"`{' '.join(command)}` failed with exit code {result.returncode}")
+        raise DeviceError(f"`{' '.join(command)}` failed with exit code {result.returncode}{hint}")
 
 
 def _ensure_user() -> None:
@@ -107,7 +107,7 @@ def _ensure_user() -> None:
 def _ensure_venv(args: argparse.Namespace, platform: str) -> None:
     python = args.python or ("/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable)
     if not (Path(args.venv) / "bin" / "python").exists():
-        _run(venv_command(python, args.venv, platform))
+        _run(venv_command(python, args.venv, platform), " (Debian and Raspberry Pi OS: apt install python3-venv)")
     _run([str(Path(args.venv) / "bin" / "python"), "-m", "pip", "install", "--upgrade", f"{CHECKOUT}[device]"])
     if platform == "pi" and subprocess.run([str(Path(args.venv) / "bin" / "python"), "-c", "import picamera2"],
                                            capture_output=True).returncode != 0:
@@ -117,6 +117,7 @@ def _ensure_venv(args: argparse.Namespace, platform: str) -> None:
 def _copy_models(src: Path, dst: Path) -> None:
     model = Path(cfgmod.DEFAULT_MODEL).name
     wanted = [*FACE_MODELS, model, manifest_path_for(model).name]
+    dst.mkdir(parents=True, exist_ok=True)
     for name in wanted:
         if (src / name).is_file():
             write_atomic(dst / name, (src / name).read_bytes())

@@ -279,7 +279,7 @@ class Pipeline:
         self.notifier.reloading()
         try:
             self._reload(load_config() if load_config else self.config)
-        except DeviceError as exc:
+        except (DeviceError, OSError) as exc:  # OSError: e.g. a model copied in with mode 0600
             log.error("reload failed; still running the previous config and model: %s", exc)
             self.notifier.status(f"reload failed: {exc}")
         else:
@@ -296,7 +296,7 @@ class Pipeline:
         detector = FaceDetector(config.detector) if config.detector != old.detector else self.detector
         try:
             csv = self._reopen_csv(config, classifier.labels)
-        except DeviceError:
+        except (DeviceError, OSError):
             if detector is not self.detector:
                 detector.close()
             raise

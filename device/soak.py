@@ -36,7 +36,7 @@ def write_clip(path: Path, cfg: SourceConfig, frames: int = CLIP_FRAMES) -> Path
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), cfg.fps, (cfg.width, cfg.height))
     if not writer.isOpened():
         raise SourceError(f"cannot write {path}")
-    demo = DemoSource(dataclasses.replace(cfg, loop=False), frames)
+    demo = DemoSource(dataclasses.replace(cfg, loop=False), frames=frames)
     while (frame := demo.read()) is not None:
         writer.write(frame.image)
     writer.release()

@@ -4,7 +4,7 @@
 
 ==========================  ==================================================
 ``auto``                    the first camera found (picamera2, then /dev/video*)
-``demo``                    built-in moving faces; needs no camera, no download
+``demo`` or ``demo:N``      built-in moving faces (2, or N of 1..2); no camera, no download
 ``picamera2:N``             Raspberry Pi camera N (apt's picamera2, imported lazily)
 ``/dev/videoN`` or ``N``    V4L2 / USB camera through OpenCV
 ``... ! appsink``           a GStreamer pipeline (Jetson CSI: nvarguscamerasrc)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"}
-KNOWN = "auto, demo, picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
+KNOWN = "auto, demo[:N], picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
 
 
 def _now() -> datetime:
@@ -183,13 +183,16 @@ def demo_portrait() -> np.ndarray:
 
 
 class DemoSource(FrameSource):
-    """Two copies of a real portrait gliding over a background: shows the pipeline with no camera."""
+    """Copies of a real portrait gliding over a background: shows the pipeline with no camera."""
 
     name = "demo"
 
-    def __init__(self, cfg: SourceConfig, frames: int = 300):
+    def __init__(self, cfg: SourceConfig, faces: int = 2, frames: int = 300):
         super().__init__()
+        if faces not in (1, 2):
+            raise SourceError(f"the demo source shows 1 or 2 faces (demo:1, demo:2), not {faces}")
         self.width, self.height, self.frames, self.loop = cfg.width, cfg.height, frames, cfg.loop
+        self.faces = faces
         portrait = demo_portrait()
         scale = 0.55 * self.height / portrait.shape[0]
         self.big = cv2.resize(portrait, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -205,7 +208,9 @@ class DemoSource(FrameSource):
         image = self.background.copy()
         w = self.width
         self._paste(image, self.big, int(w * 0.05 + w * 0.08 * (1 + math.sin(t))), int(self.height * 0.1))
-        self._paste(image, self.small, int(w * 0.55 + w * 0.08 * (1 + math.cos(t * 0.7))), int(self.height * 0.3))
+        if self.faces == 2:
+            self._paste(image, self.small, int(w * 0.55 + w * 0.08 * (1 + math.cos(t * 0.7))),
+                        int(self.height * 0.3))
         return self._frame(image)
 
     @staticmethod
@@ -252,8 +257,11 @@ def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
     cfg = cfg or SourceConfig()
     if uri == "auto":
         return _first_camera(cfg)
-    if uri == "demo":
-        return DemoSource(cfg)
+    if uri == "demo" or uri.startswith("demo:"):
+        count = uri.partition(":")[2] or "2"
+        if not count.isdigit():
+            raise SourceError(f"bad demo face count in {uri!r}; use demo, demo:1 or demo:2")
+        return DemoSource(cfg, int(count))
     if uri.startswith("picamera2"):
         _, _, number = uri.partition(":")
         if number and not number.isdigit():

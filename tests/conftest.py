@@ -85,6 +85,8 @@ def tflite_model(tmp_path_factory) -> Path:
     import sys
 
     out = tmp_path_factory.mktemp("tflite") / "emotion_tiny.tflite"
-    subprocess.run([sys.executable, "-c", TINY_TFLITE, str(out), ",".join(LABELS)], cwd=ROOT, check=True,
-                   capture_output=True)
+    result = subprocess.run([sys.executable, "-c", TINY_TFLITE, str(out), ",".join(LABELS)], cwd=ROOT,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the test model failed:\n{result.stderr[-3000:]}")
     return out

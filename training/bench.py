@@ -1,8 +1,9 @@
 """``python -m training bench``: training throughput in images per second, on synthetic data.
 
 It times the train step ``fit`` compiles (augmentation layer, classifier, loss,
-optimizer) on random uint8 images, once with augmentation and once without, so
-the cost of augmentation shows beside the cost of the model.  Warm-up steps
+optimizer) on random uint8 images, with augmentation and without (the two
+models take turns, step by step, so both see the same machine load), so the
+cost of augmentation shows beside the cost of the model.  Warm-up steps
 (graph tracing, first allocations) are left out of the figures.
 """
 
@@ -44,33 +45,33 @@ class BenchResult:
 
 
 def bench(cfg: FitConfig, steps: int = 20, warmup: int = 3, num_classes: int = 7) -> list[BenchResult]:
-    """Time ``steps`` train steps with augmentation on, then off."""
+    """Time ``steps`` train steps with augmentation on and off, interleaved so both see the same load."""
     if steps < 1 or warmup < 0:
         raise DataError(f"need steps >= 1 and warmup >= 0, got steps {steps}, warmup {warmup}")
     if num_classes < 2 or (cfg.activation == "sigmoid" and num_classes != 2):
         raise DataError(f"classes = {num_classes} does not fit a {cfg.activation} head")
-    return [time_steps(dataclasses.replace(cfg, augment=augment), steps, warmup, num_classes)
-            for augment in (True, False)]
-
-
-def time_steps(cfg: FitConfig, steps: int, warmup: int, num_classes: int) -> BenchResult:
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed)
     channels = 1 if cfg.color == "grayscale" else 3
-    model, _ = build_training_model(cfg, num_classes, channels)
-    compile_model(model, cfg, make_optimizer(cfg, warmup + steps, 1, cfg.learning_rate))
     rng = np.random.default_rng(cfg.seed)
     x = rng.integers(0, 256, (cfg.batch_size, cfg.input_size, cfg.input_size, channels), dtype=np.uint8)
     y = targets(rng.integers(0, num_classes, cfg.batch_size), num_classes, cfg.activation)
-    times = []
+    settings = (True, False)
+    models = []
+    for augment in settings:
+        model, _ = build_training_model(dataclasses.replace(cfg, augment=augment), num_classes, channels)
+        compile_model(model, cfg, make_optimizer(cfg, warmup + steps, 1, cfg.learning_rate))
+        models.append(model)
+    times: list[list[float]] = [[] for _ in settings]
     for step in range(warmup + steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)  # returns numpy logs, so the step has finished
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    result = BenchResult(cfg.augment, cfg.batch_size, tuple(times))
-    log.debug("augment %s: %s", cfg.augment, ", ".join(f"{t * 1000:.0f}" for t in times))
-    return result
+        for model, series in zip(models, times):
+            start = time.perf_counter()
+            model.train_on_batch(x, y)  # returns numpy logs, so the step has finished
+            if step >= warmup:
+                series.append(time.perf_counter() - start)
+    for augment, series in zip(settings, times):
+        log.debug("augment %s step ms: %s", augment, ", ".join(f"{t * 1000:.0f}" for t in series))
+    return [BenchResult(augment, cfg.batch_size, tuple(series)) for augment, series in zip(settings, times)]
 
 
 def format_results(cfg: FitConfig, results: list[BenchResult], warmup: int) -> str:

@@ -19,6 +19,7 @@ HELP = {
     "arch": "architecture", "alpha": "MobileNetV2 width multiplier", "input_size": "square input size in pixels",
     "color": "colour mode of the model input", "weights": "backbone weights: none, imagenet (needs internet) or PATH",
     "activation": "output activation (sigmoid only for 2 classes)", "dropout": "dropout before the classifier",
+    "bn_momentum": "BatchNorm moving-average momentum",
     "epochs": "total epochs", "freeze_epochs": "epochs with the backbone frozen before fine-tuning everything",
     "batch_size": "batch size", "optimizer": "optimizer", "learning_rate": "peak learning rate",
     "weight_decay": "AdamW weight decay", "label_smoothing": "label smoothing",

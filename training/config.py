@@ -34,6 +34,7 @@ class FitConfig:
     weights: str = "none"  # none | imagenet | PATH
     activation: str = "softmax"
     dropout: float = 0.3
+    bn_momentum: float = 0.99  # keras.applications' 0.999 lags far behind weights trained from scratch
     epochs: int = 30
     freeze_epochs: int = 0  # epochs with the backbone frozen (transfer learning) before fine-tuning
     batch_size: int = 128
@@ -57,7 +58,7 @@ class FitConfig:
             raise DataError("no dataset given (--data)")
         checks = {
             "alpha": 0.1 <= self.alpha <= 2.0, "input_size": 32 <= self.input_size <= 512,
-            "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
+            "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1, "bn_momentum": 0 < self.bn_momentum < 1,
             "freeze_epochs": 0 <= self.freeze_epochs <= self.epochs, "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0, "label_smoothing": 0 <= self.label_smoothing < 1,
             "val_fraction": 0 < self.val_fraction < 1, "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,

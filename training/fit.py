@@ -67,7 +67,7 @@ def build_training_model(cfg: FitConfig, num_classes: int, channels: int) -> tup
     """(train_model, classifier): the classifier is what ships; training wraps it with augmentation."""
     classifier = models.build(cfg.arch, num_classes, cfg.input_size, channels, alpha=cfg.alpha,
                               weights=cfg.weights, dropout=cfg.dropout, activation=cfg.activation,
-                              name=CLASSIFIER)
+                              bn_momentum=cfg.bn_momentum, name=CLASSIFIER)
     inputs = keras.Input((cfg.input_size, cfg.input_size, channels), name="image")
     x = Augment(seed=cfg.seed, name="augment")(inputs) if cfg.augment else inputs
     return keras.Model(inputs, classifier(x), name="train_model"), classifier
