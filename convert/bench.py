@@ -99,6 +99,19 @@ def bench(model: str | Path, threads: tuple[int, ...] = (1, 2, 4), runs: int = 1
     return result
 
 
+def machine() -> str:
+    """``arch, CPU model, N CPU(s)``: a Raspberry Pi's board name, else the CPU model, from /proc/cpuinfo."""
+    names = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            names.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    model = names.get("Model") or names.get("model name") or platform.processor()
+    return ", ".join(part for part in (platform.machine(), model, f"{os.cpu_count()} CPU(s)") if part)
+
+
 def _mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.1f} MB"
 
@@ -110,7 +123,7 @@ def format_table(result: BenchResult) -> str:
     runtime = result.runtime.split(", ")[0] if "thread" in result.runtime else result.runtime
     lines = [f"model: {result.model} ({result.mode or 'mode unknown'}, {result.size_bytes / 1e6:.2f} MB;"
              f" input {shape} {spec.dtype.name})",
-             f"runtime: {runtime}; machine: {platform.machine()}, {os.cpu_count()} CPU(s)",
+             f"runtime: {runtime}; machine: {machine()}",
              "",
              "| threads | median ms | p95 ms | runs |",
              "|--------:|----------:|-------:|-----:|"]

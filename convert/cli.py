@@ -7,6 +7,7 @@ non-zero exit code (78 for model errors, 2 for data errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--keras", metavar="MODEL", help="also run this Keras model (run directory or model.keras) and"
                                                     " report top-1 agreement; needs TensorFlow")
     ev.add_argument("--json", metavar="OUT", help="write all metrics to this JSON file")
+    ev.add_argument("--report", metavar="DIR", help="write metrics.json, report.md and confusion-matrix/ROC plots")
     ev.add_argument("--threads", type=int, default=1, help="CPU threads for LiteRT (default: 1)")
     ev.add_argument("--batch-size", type=int, default=64, help="images per LiteRT call (default: 64)")
 
@@ -75,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=100, help="timed inferences per thread count (default: 100)")
     b.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default: 10)")
     b.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto or PATH.so of a delegate (default: cpu)")
+    cs = sub.add_parser("crop-study", help="choose the face crop (margin, vertical shift) by measurement")
+    cs.add_argument("--model", required=True, help="the .tflite (its NAME.json manifest beside it)")
+    cs.add_argument("--data", required=True, help="labelled class-per-folder data (DATA/val when it has one)")
+    cs.add_argument("--margins", default="0,0.05,0.1,0.15,0.2,0.3",
+                    help="candidate margins per side, comma-separated (default: 0,0.05,0.1,0.15,0.2,0.3)")
+    cs.add_argument("--per-class", type=int, default=100, help="faces per class (default: 100)")
+    cs.add_argument("--detector", choices=("short", "full", "auto"), default="short",
+                    help="face detector (default: short, which finds upscaled dataset crops best)")
+    cs.add_argument("--face-models", default="models", help="folder of the face-detection models")
+    cs.add_argument("--apply", action="store_true", help="write the best crop and the study into the manifest")
     return parser
 
 
@@ -96,10 +108,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from convert.quantize import Options, quantize
     from convert.source import KerasModel, resolve, run_manifest
 
-    provenance = {}
-    if args.mode == "int8":
-        provenance["calibration"] = {"data": str(args.calibration), "samples": args.samples, "seed": args.seed}
-    opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square, provenance)
+    opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square)
     # Everything that can be checked without TensorFlow is checked first.
     model_path = resolve(args.model)
     manifest = run_manifest(model_path)
@@ -108,6 +117,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not args.calibration:
             raise ModelError("int8 needs calibration images: --calibration DATA_DIR (the training data)")
         images = cal.load(args.calibration, manifest, args.samples, args.seed)
+        opts = dataclasses.replace(opts, provenance={"calibration": {
+            "data": str(cal.training_folder(args.calibration)), "samples": len(images), "seed": args.seed}})
     elif args.calibration:
         log.info("--calibration is used by int8 only; ignored for %s", args.mode)
     verify_data = load_labelled(args.verify, manifest) if args.verify else None
@@ -130,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.keras:
         use_tensorflow_backend()
-    result = evaluate(args.model, args.data, args.keras, args.threads, args.batch_size)
+    result = evaluate(args.model, args.data, args.keras, args.threads, args.batch_size, args.report)
     if args.json:
         write_atomic(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
     print(summary(result))
@@ -144,12 +155,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crop_study(args: argparse.Namespace) -> int:
+    from convert.cropstudy import apply, crop_study, format_study
+
+    try:
+        margins = [float(m) for m in args.margins.split(",")]
+    except ValueError:
+        raise ModelError(f"--margins takes numbers separated by commas, got {args.margins!r}") from None
+    result = crop_study(args.model, args.data, margins, args.per_class, args.detector, args.face_models)
+    print(format_study(result))
+    if args.apply:
+        crop = apply(args.model, result)
+        print(f"manifest updated: crop margin {crop.margin}, shift_y {crop.shift_y}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    commands = {"quantize": cmd_quantize, "evaluate": cmd_evaluate, "bench": cmd_bench}
+    commands = {"quantize": cmd_quantize, "evaluate": cmd_evaluate, "bench": cmd_bench,
+                "crop-study": cmd_crop_study}
     try:
         return commands[args.command](args)
     except DeviceError as exc:

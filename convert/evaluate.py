@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from device import manifest as mf
+from device.classifier import open_checked
 from device.errors import ModelError
-from device.runtime import Runtime, open_runtime, to_input, to_probs
+from device.runtime import Runtime, to_input, to_probs
 from training import report
 from training.data import Dataset, load_folder
 
@@ -38,28 +39,6 @@ def load_labelled(data: str | Path, manifest: mf.Manifest) -> Dataset:
     return load_folder(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
 
 
-def open_model(path: str | Path, threads: int = 1) -> tuple[Runtime, mf.Manifest]:
-    """A .tflite and its manifest, checked against each other as the device checks them."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model not found: {path}")
-    manifest = mf.load(mf.manifest_path_for(path))
-    if manifest.model_sha256 and mf.sha256_file(path) != manifest.model_sha256:
-        raise ModelError(f"{path} does not match its manifest (sha256 differs)")
-    runtime = open_runtime(path, threads, "cpu")
-    check_runtime(runtime, manifest, path)
-    return runtime, manifest
-
-
-def check_runtime(runtime: Runtime, manifest: mf.Manifest, path: Path) -> None:
-    expected = (manifest.input_size, manifest.input_size, manifest.channels)
-    if tuple(runtime.input.shape[1:]) != expected:
-        raise ModelError(f"{path} takes input {runtime.input.shape[1:]} but its manifest says {expected}")
-    units = int(np.prod(runtime.output.shape[1:]))
-    if units != manifest.output_units:
-        raise ModelError(f"{path} has {units} outputs but its manifest lists {len(manifest.labels)} labels")
-
-
 def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """uint8 model-size images -> (N, classes) probabilities, in batches through the runtime."""
     chunks = []
@@ -74,19 +53,12 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
-def _normalised(probs: np.ndarray) -> np.ndarray:
-    """Rows that sum to 1, as scikit-learn's ROC AUC requires: an int8 softmax's dequantized outputs sum to 1
-    only to within a few quantisation steps.  The top-1 class does not change."""
-    total = probs.sum(axis=1, keepdims=True)
-    return np.divide(probs, total, out=np.full_like(probs, 1 / probs.shape[1]), where=total > 0)
-
-
 def compare(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], reference: np.ndarray | None = None
             ) -> dict[str, Any]:
     """training.report's metrics for the .tflite and, given the Keras model's output, how far it moved."""
-    out = report.compute(y, _normalised(probs), labels)
+    out = report.compute(y, probs, labels)
     if reference is not None:
-        ref = report.compute(y, _normalised(reference), labels)
+        ref = report.compute(y, reference, labels)
         out["keras"] = {key: ref[key] for key in ("accuracy", "f1_macro", "per_class_accuracy")}
         out["accuracy_drop_pp"] = 100.0 * (ref["accuracy"] - out["accuracy"])
         out["agreement_with_keras"] = agreement(probs, reference)
@@ -111,9 +83,10 @@ def keras_probs(keras_path: str | Path, manifest: mf.Manifest, images: np.ndarra
 
 
 def evaluate(model: str | Path, data: str | Path, keras_model: str | Path | None = None, threads: int = 1,
-             batch_size: int = BATCH_SIZE) -> dict[str, Any]:
-    """Metrics of a .tflite on a labelled folder (DATA/val when there is one), optionally against Keras."""
-    runtime, manifest = open_model(model, threads)
+             batch_size: int = BATCH_SIZE, report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a .tflite on a labelled folder (DATA/val when there is one), optionally against Keras;
+    ``report_dir`` also gets metrics.json, report.md and the confusion-matrix and ROC plots."""
+    runtime, manifest = open_checked(model, threads, "cpu")
     dataset = load_labelled(data, manifest)
     started = time.perf_counter()
     probs = predict(runtime, manifest, dataset.x, batch_size)
@@ -125,6 +98,8 @@ def evaluate(model: str | Path, data: str | Path, keras_model: str | Path | None
                   skipped_unreadable=dataset.skipped, seconds=round(seconds, 3))
     if keras_model:
         result["keras_model"] = str(keras_model)
+    if report_dir is not None:
+        report.write(result, Path(report_dir), dataset.y, probs, title=f"{Path(model).name} on {result['data']}")
     return result
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from device import manifest as mf
+from device.classifier import check_model
 from device.errors import ModelError
 from device.runtime import Runtime, TensorSpec, open_runtime, to_input
 from training.data import Dataset
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Options:
     mode: str
-    out: Path
+    out: str | Path
     io_type: str = "int8"  # int8 mode: the input and output tensors' type
     max_drop: float = 1.0  # --verify: largest accepted accuracy drop, in percentage points
     crop_margin: float | None = None  # None keeps the run manifest's crop
@@ -173,7 +174,7 @@ def quantize(model: KerasModel, opts: Options, calibration: np.ndarray | None = 
         candidate = Path(tmp) / out.name
         candidate.write_bytes(data)
         runtime = open_runtime(candidate, threads=min(4, os.cpu_count() or 1), accelerator="cpu")
-        evaluate.check_runtime(runtime, model.manifest, out)
+        check_model(runtime, model.manifest, out)
         verification = {}
         if verify_data is not None:
             verification = verify(runtime, model, verify_data, str(verify_dir), opts.max_drop)

@@ -18,7 +18,7 @@ from device.config import ClassifierConfig
 from device.errors import ModelError
 from device.frames import Box
 from device.preprocess import crop_face, to_model_image
-from device.runtime import open_runtime, to_input, to_probs
+from device.runtime import Runtime, open_runtime, to_input, to_probs
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,32 @@ def load_manifest(model: Path) -> mf.Manifest:
     return mf.load(path)
 
 
+def check_model(runtime: Runtime, manifest: mf.Manifest, path: Path) -> None:
+    """The model's tensors must be what its manifest says."""
+    expected = (manifest.input_size, manifest.input_size, manifest.channels)
+    if tuple(runtime.input.shape[1:]) != expected:
+        raise ModelError(f"{path} takes input {runtime.input.shape[1:]} but its manifest says {expected}")
+    units = int(np.prod(runtime.output.shape[1:]))
+    if units != manifest.output_units:
+        raise ModelError(f"{path} has {units} outputs but its manifest lists {len(manifest.labels)} labels")
+
+
+def open_checked(model: str | Path, threads: int = 1, accelerator: str = "auto") -> tuple[Runtime, mf.Manifest]:
+    """A .tflite and its manifest, checked against each other (sha256, input shape, labels)."""
+    model = Path(model)
+    manifest = load_manifest(model)
+    if manifest.model_sha256 and mf.sha256_file(model) != manifest.model_sha256:
+        raise ModelError(f"{model} does not match its manifest (sha256 differs): copy the .tflite and"
+                         f" its .json together")
+    runtime = open_runtime(model, threads, accelerator)
+    check_model(runtime, manifest, model)
+    return runtime, manifest
+
+
 class EmotionClassifier:
     def __init__(self, cfg: ClassifierConfig):
-        model = Path(cfg.model)
-        self.manifest = load_manifest(model)
-        if self.manifest.model_sha256 and mf.sha256_file(model) != self.manifest.model_sha256:
-            raise ModelError(f"{model} does not match its manifest (sha256 differs): copy the .tflite and"
-                             f" its .json together")
-        self.runtime = open_runtime(model, cfg.threads, cfg.accelerator)
-        m, spec = self.manifest, self.runtime.input
-        expected = (m.input_size, m.input_size, m.channels)
-        if tuple(spec.shape[1:]) != expected:
-            raise ModelError(f"{model} takes input {spec.shape[1:]} but its manifest says {expected}")
-        units = int(np.prod(self.runtime.output.shape[1:]))
-        if units != m.output_units:
-            raise ModelError(f"{model} has {units} outputs but its manifest lists {len(m.labels)} labels")
+        self.runtime, self.manifest = open_checked(cfg.model, cfg.threads, cfg.accelerator)
+        m = self.manifest
         self.crop = m.crop if cfg.crop_margin is None else dataclasses.replace(m.crop, margin=cfg.crop_margin)
         self.labels = m.labels
         self._batched = self._probe_batching()

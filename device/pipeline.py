@@ -31,13 +31,12 @@ from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
 from device.sinks import Sink, open_sink
-from device.sources import FrameSource, open_source
+from device.sources import FrameSource, is_live, open_source
 from device.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "detect", "classify", "track", "overlay", "output", "log")
-NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 
 
 class Notifier:
@@ -52,12 +51,6 @@ class Notifier:
     def reloading(self) -> None: ...
 
     def stopping(self) -> None: ...
-
-
-def is_camera(uri: str) -> bool:
-    """Sources that can come back (cameras, streams): retried when missing.  Mirrors open_source."""
-    return (uri == "auto" or uri.startswith(("picamera2", "/dev/video")) or uri.isdigit() or "!" in uri
-            or ("://" in uri and uri.split("://")[0] in NETWORK_SCHEMES))
 
 
 @dataclass
@@ -120,7 +113,7 @@ class Pipeline:
         try:
             return open_source(self.config.source.uri, self.config.source)
         except SourceError as exc:
-            if not is_camera(self.config.source.uri):
+            if not is_live(self.config.source.uri):
                 raise
             self._first_frame = self._reconnect(exc)  # a camera not plugged in (yet): wait for it
             return self.source

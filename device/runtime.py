@@ -183,8 +183,13 @@ def to_input(images: np.ndarray, manifest, spec: TensorSpec) -> np.ndarray:
 
 
 def to_probs(raw: np.ndarray, manifest, spec: TensorSpec) -> np.ndarray:
-    """The output tensor -> (N, classes) probabilities (a sigmoid's p becomes [1 - p, p])."""
+    """The output tensor -> (N, classes) probabilities (a sigmoid's p becomes [1 - p, p]).
+
+    Rows are renormalised: an int8 softmax's dequantised outputs sum to 1 only to within a few
+    quantisation steps, and the top-1 class does not change."""
     y = dequantize(raw, spec).reshape(len(raw), -1)
     if manifest.activation == "sigmoid":
         y = np.concatenate([1 - y, y], axis=1)
-    return y
+    y = np.clip(y, 0.0, None)
+    total = y.sum(axis=1, keepdims=True)
+    return np.divide(y, total, out=np.full_like(y, 1 / y.shape[1]), where=total > 0)

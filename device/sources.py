@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"}
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 KNOWN = "auto, demo[:N], picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
 
 
@@ -252,6 +253,12 @@ def _first_camera(cfg: SourceConfig) -> FrameSource:
                       " --source /dev/video0, --source picamera2:0)")
 
 
+def is_live(uri: str) -> bool:
+    """Cameras and streams, which can come back after a failure (files and the demo cannot)."""
+    return (uri == "auto" or uri.startswith(("picamera2", "/dev/video")) or uri.isdigit() or "!" in uri
+            or ("://" in uri and uri.split("://")[0] in NETWORK_SCHEMES))
+
+
 def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
     """The one factory: every source string is interpreted here."""
     cfg = cfg or SourceConfig()
@@ -272,7 +279,7 @@ def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
         return VideoCaptureSource(index, uri if not uri.isdigit() else f"/dev/video{uri}", True, cfg, cv2.CAP_V4L2)
     if "!" in uri:
         return VideoCaptureSource(uri, "gstreamer", True, cfg, cv2.CAP_GSTREAMER)
-    if uri.split("://")[0] in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp") and "://" in uri:
+    if "://" in uri and uri.split("://")[0] in NETWORK_SCHEMES:
         return VideoCaptureSource(uri, uri.split("@")[-1], True, cfg, cv2.CAP_FFMPEG)
     images = _image_paths(uri)
     if images is not None:

@@ -3,11 +3,12 @@
 Two models go through the converter:
 
 - ``tiny_run`` (conftest), the tiny MobileNetV2 trained 2 epochs on FER2013
-  subsets, in all four modes.  Two epochs are 14 steps, too few for
-  MobileNetV2's BatchNorm moving averages (momentum 0.999) to move, so this
-  model gives every face the same, nearly uniform probabilities (1/7 each,
-  to 1e-6).  Its int8 version reproduces them to within one output step, but
-  its top-1 class is then a tie-break: top-1 agreement on it measures nothing.
+  subsets, in all four modes.  Two epochs are 14 steps, too few for the
+  BatchNorm moving averages to catch up with the weights (even at momentum
+  0.99), so this model gives every face the same, nearly uniform
+  probabilities (0.137 to 0.146, identical across faces to 1e-6).  Its int8
+  version reproduces them to within an output step or two, but its top-1
+  class is then a tie-break: top-1 agreement on it measures nothing.
 - ``cnn_run``: a three-layer CNN trained here for 40 epochs on ``fer_small``
   (about 15 s), whose probabilities depend on the face.  It is the model for
   int8-versus-float agreement and for the metric checks.
@@ -101,7 +102,7 @@ def read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_tflite(tiny_run, fer_small, tmp_path_factory) -> dict[str, Path]:
-    """tiny_run in every mode, through convert.quantize (int8 verified on fer_small/val; float16 with a crop override)."""
+    """tiny_run in every mode through convert.quantize; int8 verified on fer_small/val, float16 with a new crop."""
     from convert import calibration
     from convert.evaluate import load_labelled
     from convert.quantize import Options, quantize
@@ -284,13 +285,13 @@ def test_evaluate_with_keras_reports_agreement(cnn_tflite, cnn_run, fer_small):
 
 
 def test_evaluate_refuses_a_model_that_differs_from_its_manifest(cnn_tflite, tmp_path):
-    from convert.evaluate import open_model
+    from device.classifier import open_checked
 
     copy = tmp_path / "changed.tflite"
     copy.write_bytes(cnn_tflite["int8"].read_bytes() + b"\0")
     mf.manifest_path_for(copy).write_bytes(mf.manifest_path_for(cnn_tflite["int8"]).read_bytes())
     with pytest.raises(ModelError, match="sha256"):
-        open_model(copy)
+        open_checked(copy, accelerator="cpu")
 
 
 # --- bench -------------------------------------------------------------------------------------------------------

@@ -360,6 +360,8 @@ def test_bad_values_raise_data_error(tmp_path):
         tune(tiny_cfg(tmp_path / "nope", tmp_path / "t"), "random", 2)
     with pytest.raises(DataError, match="trials"):
         tune(tiny_cfg(tmp_path, tmp_path / "t"), "random", 0)
+    with pytest.raises(DataError, match="tuner must be one of"):
+        tune(tiny_cfg(tmp_path, tmp_path / "t"), "grid", 2)
     with pytest.raises(DataError, match="optimizer"):
         SearchSpace(optimizer=("rmsprop",))
     with pytest.raises(DataError, match="steps"):

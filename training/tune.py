@@ -116,36 +116,15 @@ class EmotionHyperModel(kt.HyperModel):
                          callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
 
 
-class _TensorBoardOptional:
-    """KerasTuner (1.4.8) imports tensorboard in every trial on the TensorFlow backend, only to patch
-    TensorBoard callbacks; TensorFlow 2.21 no longer installs tensorboard.  Import it only when one is given."""
-
-    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-        if any(type(callback).__name__ == "TensorBoard" for callback in callbacks):
-            super()._configure_tensorboard_dir(callbacks, trial, execution)
-
-
-class RandomSearch(_TensorBoardOptional, kt.RandomSearch):
-    pass
-
-
-class BayesianOptimization(_TensorBoardOptional, kt.BayesianOptimization):
-    pass
-
-
-class Hyperband(_TensorBoardOptional, kt.Hyperband):
-    pass
-
-
 def make_tuner(kind: str, hypermodel: kt.HyperModel, cfg: FitConfig, trials: int, directory: Path) -> kt.Tuner:
     common = dict(objective=kt.Objective(OBJECTIVE, direction="max"), seed=cfg.seed, directory=str(directory),
                   project_name="tuner", overwrite=False)
     if kind == "random":
-        return RandomSearch(hypermodel, max_trials=trials, **common)
+        return kt.RandomSearch(hypermodel, max_trials=trials, **common)
     if kind == "bayesian":
-        return BayesianOptimization(hypermodel, max_trials=trials, **common)
+        return kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
     if kind == "hyperband":  # the number of trials follows from max_epochs; each trial trains up to cfg.epochs
-        return Hyperband(hypermodel, max_epochs=cfg.epochs, **common)
+        return kt.Hyperband(hypermodel, max_epochs=cfg.epochs, **common)
     raise DataError(f"tuner must be one of {', '.join(TUNERS)}, got {kind!r}")
 
 
@@ -153,8 +132,12 @@ def tune(cfg: FitConfig, tuner: str, trials: int, space: SearchSpace | None = No
     """Search, write the results table into ``cfg.out`` and return its path."""
     cfg.validate()
     space = space or SearchSpace()
+    if tuner not in TUNERS:
+        raise DataError(f"tuner must be one of {', '.join(TUNERS)}, got {tuner!r}")
     if trials < 1:
         raise DataError(f"trials must be at least 1, got {trials}")
+    if tuner == "hyperband":
+        log.info("hyperband sets its own number of trials from epochs (%d); --trials is not used", cfg.epochs)
     if cfg.freeze_epochs:
         log.warning("tune trains the whole network; freeze_epochs = %d is ignored", cfg.freeze_epochs)
     final = Path(cfg.out)
