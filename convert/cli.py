@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="face-crop margin per side, as a fraction of the box (default: the run manifest's)")
     q.add_argument("--crop-square", action=argparse.BooleanOptionalAction, default=None,
                    help="square the face crop before resizing (default: the run manifest's)")
+    q.add_argument("--flip-tta", action="store_true",
+                   help="fold flip test-time augmentation into the model (two passes per face)")
     q.add_argument("--out", required=True, help="the .tflite to write, e.g. models/NAME.tflite")
 
     ev = sub.add_parser("evaluate", help="metrics of a .tflite in LiteRT on a labelled folder (no TensorFlow needed)")
@@ -123,7 +125,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         log.info("--calibration is used by int8 only; ignored for %s", args.mode)
     verify_data = load_labelled(args.verify, manifest) if args.verify else None
     use_tensorflow_backend()
-    with KerasModel(model_path, manifest) as model:
+    if args.flip_tta:
+        opts.provenance["flip_tta"] = True
+    with KerasModel(model_path, manifest, flip_tta=args.flip_tta) as model:
         result = quantize(model, opts, images, verify_data, labelled_folder(args.verify) if args.verify else None)
     line = f"wrote {args.out} ({result.mode}) and its manifest"
     v = result.verification

@@ -67,6 +67,18 @@ def _keras():
     return keras
 
 
+def with_flip_tta(keras, model):
+    """Fold flip test-time augmentation into the model: the mean of the image's and its mirror's output."""
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    mirrored = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(inputs)
+    def single(x):
+        y = model(x)
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+    outputs = keras.layers.Average(name="flip_tta")([single(inputs), single(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
 class KerasModel:
     """A loaded Keras classifier, and its TensorFlow SavedModel export (made once, for the converter).
 
@@ -74,7 +86,7 @@ class KerasModel:
     file is backend-independent, and it is loaded without its optimizer.
     """
 
-    def __init__(self, path: str | Path, manifest: mf.Manifest | None = None):
+    def __init__(self, path: str | Path, manifest: mf.Manifest | None = None, flip_tta: bool = False):
         self.path = resolve(path)
         self.manifest = manifest or run_manifest(self.path)
         self.sha256 = mf.sha256_file(self.path)
@@ -84,6 +96,8 @@ class KerasModel:
         except Exception as exc:  # Keras raises many types for a file it cannot load
             raise ModelError(f"cannot load {self.path} as a Keras model: {first_line(exc)}") from None
         self._check_shapes()
+        if flip_tta:
+            self.model = with_flip_tta(keras, self.model)
         self._export: tempfile.TemporaryDirectory | None = None
 
     def _check_shapes(self) -> None:
