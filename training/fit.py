@@ -108,16 +108,21 @@ def best_so_far(history_csv: Path) -> float | None:
     return max(values) if values else None
 
 
-def fit(cfg: FitConfig) -> Path:
-    """Train and write a complete run directory; returns its path."""
-    cfg.validate()
+def prepare_run(cfg: FitConfig) -> tuple[Path, Path]:
+    """(final, work): the run is built in ``OUT.incomplete`` and renamed when complete; seeds and precision set."""
     final = Path(cfg.out)
-    work = final.with_name(final.name + ".incomplete")
     if final.exists():
         raise DataError(f"{final} already exists; choose another --out or remove it")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
+    return final, final.with_name(final.name + ".incomplete")
+
+
+def fit(cfg: FitConfig) -> Path:
+    """Train and write a complete run directory; returns its path."""
+    cfg.validate()
+    final, work = prepare_run(cfg)
 
     started = time.time()
     splits = load_splits(cfg.data, cfg.input_size, cfg.color, cfg.val_fraction, cfg.seed, cfg.val,

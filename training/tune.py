@@ -28,7 +28,7 @@ import keras_tuner as kt
 from device.manifest import write_atomic
 from training.config import CHOICES, FitConfig
 from training.data import DataError, Splits, load_splits
-from training.fit import build_training_model, class_weights, compile_model, make_optimizer, targets
+from training.fit import build_training_model, class_weights, compile_model, make_optimizer, prepare_run, targets
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,7 @@ def tune(cfg: FitConfig, tuner: str, trials: int, space: SearchSpace | None = No
         log.info("hyperband sets its own number of trials from epochs (%d); --trials is not used", cfg.epochs)
     if cfg.freeze_epochs:
         log.warning("tune trains the whole network; freeze_epochs = %d is ignored", cfg.freeze_epochs)
-    final = Path(cfg.out)
-    work = final.with_name(final.name + ".incomplete")
-    if final.exists():
-        raise DataError(f"{final} already exists; choose another --out or remove it")
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    final, work = prepare_run(cfg)
 
     @functools.cache
     def data(size: int) -> Splits:
