@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square the face crop before resizing (default: the run manifest's)")
     q.add_argument("--flip-tta", action="store_true",
                    help="fold flip test-time augmentation into the model (two passes per face)")
+    q.add_argument("--only-if-better", action="store_true",
+                   help="with --verify: write --out only if the new model is more accurate than the one there, as"
+                        " measured on the same images (its manifest's verification)")
     q.add_argument("--out", required=True, help="the .tflite to write, e.g. models/NAME.tflite")
 
     ev = sub.add_parser("evaluate", help="metrics of a .tflite in LiteRT on a labelled folder (no TensorFlow needed)")
@@ -110,7 +113,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from convert.quantize import Options, quantize
     from convert.source import KerasModel, resolve, run_manifest
 
-    opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square)
+    opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square,
+                   only_if_better=args.only_if_better)
     # Everything that can be checked without TensorFlow is checked first.
     model_path = resolve(args.model)
     manifest = run_manifest(model_path)

@@ -45,6 +45,7 @@ class Options:
     crop_margin: float | None = None  # None keeps the run manifest's crop
     crop_square: bool | None = None
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # calibration data etc., for the manifest
+    only_if_better: bool = False  # --verify: replace ``out`` only if this model beats it on the same data
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -162,6 +163,20 @@ def verify(runtime: Runtime, model: KerasModel, data: Dataset, data_dir: str, ma
     }
 
 
+def check_beats(out: Path, verification: dict[str, Any]) -> None:
+    """--only-if-better: a model replaces the one at ``out`` only if it is more accurate on the same images."""
+    if not verification:
+        raise ModelError("--only-if-better needs --verify DATA_DIR to measure the new model")
+    try:
+        previous = mf.load(mf.manifest_path_for(out)).verification if out.exists() else {}
+    except ModelError:
+        previous = {}
+    same_data = (previous.get("data"), previous.get("n")) == (verification["data"], verification["n"])
+    if previous.get("accuracy") is not None and same_data and verification["accuracy"] <= previous["accuracy"]:
+        raise ModelError(f"accuracy {verification['accuracy']:.4f} does not beat {out}'s {previous['accuracy']:.4f}"
+                         f" on the same {verification['n']} images; {out} is unchanged")
+
+
 def quantize(model: KerasModel, opts: Options, calibration: np.ndarray | None = None,
              verify_data: Dataset | None = None, verify_dir: str | Path | None = None) -> mf.Manifest:
     """Convert, load in LiteRT, verify; then write ``opts.out`` and its manifest. Returns the manifest.
@@ -186,6 +201,8 @@ def quantize(model: KerasModel, opts: Options, calibration: np.ndarray | None = 
                          f"{verification['keras_accuracy']:.4f} -> {opts.mode} {verification['accuracy']:.4f} on "
                          f"{verification['n']} images) exceeds --max-drop {opts.max_drop:g}; no model written to "
                          f"{out}{kept}")
+    if opts.only_if_better:
+        check_beats(out, verification)
     base = model.manifest
     crop = dataclasses.replace(base.crop, margin=base.crop.margin if opts.crop_margin is None else opts.crop_margin,
                                square=base.crop.square if opts.crop_square is None else opts.crop_square)

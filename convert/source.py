@@ -45,10 +45,10 @@ def resolve(path: str | Path) -> Path:
 
 def run_manifest(model_path: Path) -> mf.Manifest:
     """The training run's manifest beside the model: labels, input size, colour, normalisation, crop."""
-    path = model_path.parent / RUN_MANIFEST
-    if not path.is_file():
-        raise ModelError(f"no {RUN_MANIFEST} beside {model_path}; the conversion takes the labels, input size and"
-                         f" normalisation from the training run's manifest")
+    path = mf.keras_manifest_path(model_path)
+    if path is None:
+        raise ModelError(f"no {RUN_MANIFEST} (or {model_path.stem}.json) beside {model_path}; the conversion takes"
+                         " the labels, input size and normalisation from the training run's manifest")
     return mf.load(path)
 
 

@@ -127,6 +127,15 @@ def manifest_path_for(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def keras_manifest_path(model_path: str | os.PathLike) -> Path | None:
+    """The manifest of a Keras model: ``NAME.json`` beside ``NAME.keras`` (models/) or a run's ``manifest.json``."""
+    model_path = Path(model_path)
+    for candidate in (model_path.with_suffix(".json"), model_path.parent / "manifest.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load(path: str | os.PathLike) -> Manifest:
     path = Path(path)
     try:

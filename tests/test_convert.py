@@ -246,6 +246,37 @@ def test_accuracy_drop_over_max_writes_nothing(cnn_run, fer_small, tmp_path, cap
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no temp files either
 
 
+def test_only_if_better_keeps_a_model_that_is_not_beaten(cnn_run, cnn_tflite, fer_small, tmp_path, capsys):
+    """The shipped-model rule: a new model replaces the one at --out only if it scores higher on the same data."""
+    import shutil
+
+    from convert.cli import main
+
+    out = tmp_path / "shipped.tflite"
+    shutil.copy(cnn_tflite["int8"], out)
+    shutil.copy(mf.manifest_path_for(cnn_tflite["int8"]), mf.manifest_path_for(out))
+    before = out.read_bytes(), mf.manifest_path_for(out).read_bytes()
+    shipped = mf.load(mf.manifest_path_for(out)).verification["accuracy"]
+    args = ["quantize", "--model", str(cnn_run), "--mode", "float32", "--verify", str(fer_small),
+            "--max-drop", "5", "--only-if-better", "--out", str(out)]
+
+    # Same model in float32: it beats the int8 one only if its accuracy on the same 210 faces is higher.
+    code = main(args)
+    errors = error_lines(capsys.readouterr().err)
+    new = json.loads(mf.manifest_path_for(out).read_text())["verification"]["accuracy"]
+    if code == 0:
+        assert new > shipped and out.read_bytes() != before[0]
+    else:
+        assert len(errors) == 1 and "does not beat" in errors[0] and f"{shipped:.4f}" in errors[0], errors
+        assert (out.read_bytes(), mf.manifest_path_for(out).read_bytes()) == before
+
+    # Against itself it can never be better: the file must stay as it is.
+    before = out.read_bytes(), mf.manifest_path_for(out).read_bytes()
+    assert main(args) == ModelError.exit_code
+    assert "does not beat" in error_lines(capsys.readouterr().err)[0]
+    assert (out.read_bytes(), mf.manifest_path_for(out).read_bytes()) == before
+
+
 # --- evaluate ----------------------------------------------------------------------------------------------------
 
 def test_evaluate_needs_no_tensorflow_and_equals_sklearn(cnn_tflite, fer_small, tmp_path):

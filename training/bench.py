@@ -59,7 +59,8 @@ def bench(cfg: FitConfig, steps: int = 20, warmup: int = 3, num_classes: int = 7
     settings = (True, False)
     models = []
     for augment in settings:
-        model, _ = build_training_model(dataclasses.replace(cfg, augment=augment), num_classes, channels)
+        model, _ = build_training_model(dataclasses.replace(cfg, augment=augment),
+                                        tuple(f"class{i}" for i in range(num_classes)), channels)
         compile_model(model, cfg, make_optimizer(cfg, warmup + steps, 1, cfg.learning_rate))
         models.append(model)
     times: list[list[float]] = [[] for _ in settings]

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from training.config import CHOICES, FitConfig
+from training.config import CHOICES, FitConfig, read_recipe
 
 HELP = {
     "data": "class-per-folder dataset (optionally split as train/ val/ test/) or FER2013 CSV",
@@ -18,6 +18,8 @@ HELP = {
     "limit_per_class": "use at most this many images per class (quick looks, smoke tests)",
     "arch": "architecture", "alpha": "MobileNetV2 width multiplier", "input_size": "square input size in pixels",
     "color": "colour mode of the model input", "weights": "backbone weights: none, imagenet (needs internet) or PATH",
+    "init": "start from this Keras classifier (e.g. models/emotion_fer2013.keras): all its weights for the same"
+            " classes, its backbone under a new head for others; input size and colour default to the model's",
     "activation": "output activation (sigmoid only for 2 classes)", "dropout": "dropout before the classifier",
     "bn_momentum": "BatchNorm moving-average momentum",
     "epochs": "total epochs", "freeze_epochs": "epochs with the backbone frozen before fine-tuning everything",
@@ -50,9 +52,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
 def fit_config(args: argparse.Namespace) -> FitConfig:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)
              if getattr(args, f.name) is not None}
-    if args.recipe:
-        return FitConfig.from_recipe(args.recipe, **given)
-    return FitConfig.from_dict(given)
+    options = {**(read_recipe(args.recipe) if args.recipe else {}), **given}
+    if options.get("init") and not {"input_size", "color"} <= options.keys():
+        from training import init  # imports Keras: only when --init is given
+        model = init.load(options["init"])
+        options = {"input_size": model.input_size, "color": model.color, **options}
+    return FitConfig.from_dict(options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from training.data import DataError
 
@@ -32,6 +36,7 @@ class FitConfig:
     input_size: int = 96
     color: str = "grayscale"
     weights: str = "none"  # none | imagenet | PATH
+    init: str | None = None  # a Keras classifier to start from (training/init.py)
     activation: str = "softmax"
     dropout: float = 0.3
     bn_momentum: float = 0.99  # keras.applications' 0.999 lags far behind weights trained from scratch
@@ -61,7 +66,7 @@ class FitConfig:
             "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1, "bn_momentum": 0 < self.bn_momentum < 1,
             "freeze_epochs": 0 <= self.freeze_epochs <= self.epochs, "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0, "label_smoothing": 0 <= self.label_smoothing < 1,
-            "val_fraction": 0 < self.val_fraction < 1, "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
+            "val_fraction": 0 < self.val_fraction < 1, "warmup_epochs": self.warmup_epochs >= 0,
         }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
@@ -70,11 +75,7 @@ class FitConfig:
 
     @classmethod
     def from_recipe(cls, path: str | Path, **overrides: Any) -> "FitConfig":
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"cannot read recipe {path}: {exc}") from None
-        return cls.from_dict({**data, **overrides})
+        return cls.from_dict({**read_recipe(path), **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FitConfig":
@@ -86,3 +87,10 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"cannot read recipe {path}: {exc}") from None

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from device import manifest as mf
-from training import evaluate, model as models
+from training import evaluate, init as inits, model as models
 from training.augment import Augment
 from training.config import FitConfig
 from training.data import DataError, Splits, load_splits
@@ -63,11 +63,16 @@ def make_optimizer(cfg: FitConfig, steps_per_epoch: int, epochs: int, lr: float)
     return keras.optimizers.Adam(rate)
 
 
-def build_training_model(cfg: FitConfig, num_classes: int, channels: int) -> tuple[keras.Model, keras.Model]:
+def build_training_model(cfg: FitConfig, labels: tuple[str, ...], channels: int,
+                         init: inits.InitModel | None = None) -> tuple[keras.Model, keras.Model]:
     """(train_model, classifier): the classifier is what ships; training wraps it with augmentation."""
-    classifier = models.build(cfg.arch, num_classes, cfg.input_size, channels, alpha=cfg.alpha,
-                              weights=cfg.weights, dropout=cfg.dropout, activation=cfg.activation,
-                              bn_momentum=cfg.bn_momentum, name=CLASSIFIER)
+    if init is not None:
+        classifier = init.classifier(labels, cfg.dropout, cfg.activation, CLASSIFIER)
+        models.set_bn_momentum(classifier, cfg.bn_momentum)
+    else:
+        classifier = models.build(cfg.arch, len(labels), cfg.input_size, channels, alpha=cfg.alpha,
+                                  weights=cfg.weights, dropout=cfg.dropout, activation=cfg.activation,
+                                  bn_momentum=cfg.bn_momentum, name=CLASSIFIER)
     inputs = keras.Input((cfg.input_size, cfg.input_size, channels), name="image")
     x = Augment(seed=cfg.seed, name="augment")(inputs) if cfg.augment else inputs
     return keras.Model(inputs, classifier(x), name="train_model"), classifier
@@ -92,11 +97,16 @@ def set_backbone_trainable(classifier: keras.Model, trainable: bool, freeze_batc
                 layer.trainable = False
 
 
-def run_manifest(cfg: FitConfig, labels: tuple[str, ...]) -> mf.Manifest:
+def run_manifest(cfg: FitConfig, labels: tuple[str, ...], init: inits.InitModel | None = None) -> mf.Manifest:
+    """The run's manifest, with its lineage: the parent model (``--init``), the recipe and the epochs added."""
+    arch = {"arch": cfg.arch, "alpha": cfg.alpha}
+    if init is not None:  # the architecture is the parent's, whatever the flags say
+        arch = {k: init.source[k] for k in ("arch", "alpha") if k in init.source} or {"arch": "from --init"}
+    source = {**arch, "trained_on": str(cfg.data), "parent": init.lineage(labels) if init else None,
+              "epochs_added": cfg.epochs, "recipe": cfg.to_dict()}
     # Scaling is the model's first layer, so the model takes raw pixels.
     return mf.Manifest(labels=labels, input_size=cfg.input_size, color=cfg.color, scale=1.0, offset=0.0,
-                       activation=cfg.activation,
-                       source={"arch": cfg.arch, "alpha": cfg.alpha, "trained_on": str(cfg.data)},
+                       activation=cfg.activation, source=source,
                        tools={"keras": keras.__version__, "backend": keras.backend.backend()})
 
 
@@ -123,6 +133,9 @@ def fit(cfg: FitConfig) -> Path:
     """Train and write a complete run directory; returns its path."""
     cfg.validate()
     final, work = prepare_run(cfg)
+    init = inits.load(cfg.init) if cfg.init else None
+    if init is not None:  # before the data loads: a wrong model fails fast
+        inits.check_input(init, cfg.input_size, cfg.color)
 
     started = time.time()
     splits = load_splits(cfg.data, cfg.input_size, cfg.color, cfg.val_fraction, cfg.seed, cfg.val,
@@ -136,15 +149,17 @@ def fit(cfg: FitConfig) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (work / "data.json").write_text(json.dumps(summary, indent=2))
-    mf.save(run_manifest(cfg, labels), work / "manifest.json")
+    manifest = run_manifest(cfg, labels, init)
+    mf.save(manifest, work / "manifest.json")
 
-    train_model, classifier = build_training_model(cfg, num_classes, channels)
+    train_model, classifier = build_training_model(cfg, labels, channels, init)
     x_train, y_train = splits.train.x, targets(splits.train.y, num_classes, cfg.activation)
     val = (splits.val.x, targets(splits.val.y, num_classes, cfg.activation))
     steps = int(np.ceil(len(x_train) / cfg.batch_size))
     phases = [("transfer", cfg.freeze_epochs, cfg.learning_rate)] if cfg.freeze_epochs else []
     fine_tune_lr = cfg.learning_rate / 10 if cfg.freeze_epochs else cfg.learning_rate
-    phases.append(("train", cfg.epochs - cfg.freeze_epochs, fine_tune_lr))
+    if cfg.epochs > cfg.freeze_epochs:
+        phases.append(("train", cfg.epochs - cfg.freeze_epochs, fine_tune_lr))
 
     first_epoch, timer = 0, EpochTimer()
     for name, epochs, lr in phases:
@@ -176,10 +191,12 @@ def fit(cfg: FitConfig) -> Path:
     # The shipped model is the best epoch's classifier, without the augmentation layer.
     best = keras.models.load_model(work / "best.keras", compile=False).get_layer(CLASSIFIER)
     best.save(work / "model.keras")
-    report = evaluate.evaluate_model(best, splits.val, mf.load(work / "manifest.json"))
+    report = evaluate.evaluate_model(best, splits.val, manifest)
     report["training"] = {"epochs_this_process": timer.epochs, "seconds_this_process": round(timer.seconds, 1),
                           "images_per_second": round(timer.epochs * len(x_train) / max(timer.seconds, 1e-9), 1)}
     evaluate.write_report(report, work, history_csv=work / "history.csv")
+    source = {**manifest.source, "float_val_accuracy": round(report["accuracy"], 4)}
+    mf.save(manifest.replace(source=source), work / "manifest.json")
     for leftover in ("backup", "best.keras", *[f"{n}.done.weights.h5" for n, _, _ in phases]):
         path = work / leftover
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

@@ -38,7 +38,7 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> None:
             layer.momentum = momentum
 
 
-def _head(x, num_classes: int, dropout: float, activation: str):
+def head(x, num_classes: int, dropout: float, activation: str):
     if activation == "sigmoid" and num_classes != 2:
         raise DataError("a sigmoid head needs exactly 2 classes")
     x = layers.Dropout(dropout, name="head_dropout")(x)
@@ -67,7 +67,7 @@ def mobilenetv2(num_classes: int, input_size: int, channels: int, alpha: float, 
                             " offline, use --weights none or --weights PATH to a local weights file") from None
         raise DataError(f"cannot build MobileNetV2 with weights {weights!r}: {exc}") from None
     x = base(x)
-    return keras.Model(inputs, _head(x, num_classes, dropout, activation))
+    return keras.Model(inputs, head(x, num_classes, dropout, activation))
 
 
 def baseline_cnn(num_classes: int, input_size: int, channels: int, dropout: float, activation: str) -> keras.Model:
@@ -83,7 +83,7 @@ def baseline_cnn(num_classes: int, input_size: int, channels: int, dropout: floa
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, _head(x, num_classes, dropout, activation))
+    return keras.Model(inputs, head(x, num_classes, dropout, activation))
 
 
 def base_layer(model: keras.Model) -> keras.Model | None:

@@ -91,7 +91,7 @@ class EmotionHyperModel(kt.HyperModel):
         trial = self.space.sample(hp, self.cfg)
         try:
             splits = self.data(trial.input_size)
-            model, _ = build_training_model(trial, len(splits.labels), splits.train.x.shape[-1])
+            model, _ = build_training_model(trial, splits.labels, splits.train.x.shape[-1])
         except DataError as exc:
             raise _Stop(str(exc)) from exc
         steps = math.ceil(len(splits.train) / trial.batch_size)

@@ -1,0 +1,98 @@
+"""``fit --init MODEL``: start from a saved Keras classifier instead of random weights.
+
+The same classes (by the manifest's labels) give a warm restart: every weight
+is kept and training goes on with a fresh schedule.  Other classes (a team's own
+nine expressions, a binary task) keep the backbone and get a new head.  This is
+the offline alternative to ImageNet weights, which Keras would download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from device import manifest as mf
+from device.errors import ModelError
+from training import model as models
+from training.data import DataError
+
+log = logging.getLogger(__name__)
+
+COLORS = {1: "grayscale", 3: "rgb"}
+
+
+@dataclass
+class InitModel:
+    path: Path
+    model: keras.Model
+    sha256: str
+    input_size: int
+    color: str
+    labels: tuple[str, ...] | None  # None when no manifest is found beside the model
+    source: dict[str, Any] = field(default_factory=dict)  # the manifest's lineage, if any
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    def classifier(self, labels: tuple[str, ...], dropout: float, activation: str, name: str) -> keras.Model:
+        """The model to train: all of it for the same classes, else its backbone under a new head."""
+        units = self.model.output_shape[-1]
+        same = self.labels == tuple(labels) if self.labels is not None else units == len(labels)
+        if same and activation == "softmax":
+            if self.labels is None:
+                log.warning("--init %s: no manifest beside it, so its %d classes are assumed to be the data's",
+                            self.path, units)
+            return keras.Model(self.model.inputs, self.model.outputs, name=name)
+        try:
+            features = self.model.get_layer("head_dropout").input
+        except ValueError:
+            raise DataError(f"--init {self.path}: no 'head_dropout' layer, so its backbone cannot be reused for "
+                            "other classes (use a model written by training fit)") from None
+        log.info("--init %s: keeping the backbone, new head for %d classes %s", self.path, len(labels), list(labels))
+        return keras.Model(self.model.inputs, models.head(features, len(labels), dropout, activation), name=name)
+
+    def lineage(self, labels: tuple[str, ...]) -> dict[str, Any]:
+        """What the run manifest records about its parent."""
+        mode = "warm restart" if self.labels == tuple(labels) else "new head"
+        parent = {"model": str(self.path), "sha256": self.sha256, "mode": mode,
+                  "float_val_accuracy": self.source.get("float_val_accuracy"),
+                  "int8_val_accuracy": self.verification.get("accuracy")}
+        return {k: v for k, v in parent.items() if v is not None}
+
+
+def load(path: str | Path) -> InitModel:
+    """A Keras classifier and what its manifest says; a DataError for anything that can't be used."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise DataError(f"--init {path}: no such file")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors... for a file that is not a model
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"--init {path}: not a Keras model ({reason[:200]})") from None
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] not in COLORS:
+        raise DataError(f"--init {path}: input shape {shape[1:]} is not a square grayscale or RGB image")
+    labels, source, verification = None, {}, {}
+    manifest_path = mf.keras_manifest_path(path)
+    if manifest_path is not None:
+        try:
+            manifest = mf.load(manifest_path)
+        except ModelError as exc:
+            raise DataError(f"--init {path}: {exc}") from None
+        labels, source, verification = manifest.labels, dict(manifest.source), dict(manifest.verification or {})
+    return InitModel(path=path, model=model, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                     input_size=int(shape[1]), color=COLORS[shape[3]], labels=labels, source=source,
+                     verification=verification)
+
+
+def check_input(init: InitModel, input_size: int, color: str) -> None:
+    if (init.input_size, init.color) != (input_size, color):
+        raise DataError(f"--init {init.path} takes {init.input_size}x{init.input_size} {init.color} images, "
+                        f"but the data is loaded as {input_size}x{input_size} {color}; drop --input-size and "
+                        "--color to take the model's")
