@@ -233,7 +233,7 @@ def parse_mqtt_url(url: str) -> MqttUrl:
         raise ConfigError("mqtt.url: no credentials in the URL; set mqtt.username and mqtt.password in the config "
                           "file or EMOTION_MQTT_USERNAME / EMOTION_MQTT_PASSWORD")
     prefix = parts.path.strip("/")
-    if not prefix or any(ch in prefix for ch in "+#") or parts.query or parts.fragment:
+    if not prefix or any(ch in url for ch in "+#?"):
         raise ConfigError(f"mqtt.url: {url!r} needs a topic prefix without wildcards (mqtt://HOST/emotion)")
     tls = parts.scheme == "mqtts"
     return MqttUrl(parts.hostname, port or (8883 if tls else 1883), prefix, tls)
