@@ -201,13 +201,15 @@ class WebView:
         interval, sent = 1 / self.cfg.max_fps, -1
         self.clients += 1
         try:
+            write(f"--{BOUNDARY}\r\n".encode())
             while not self._closing.is_set():
                 start = time.monotonic()
                 frame = self.jpeg()
                 if frame is not None and frame[0] != sent:
                     sent, data = frame
-                    write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                          + data + b"\r\n")
+                    # The boundary right after the part: browsers show a part once the next boundary comes.
+                    write(f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                          + data + f"\r\n--{BOUNDARY}\r\n".encode())
                 self._closing.wait(max(0.0, interval - (time.monotonic() - start)))
         finally:
             self.clients -= 1
