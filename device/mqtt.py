@@ -132,8 +132,8 @@ class MqttSink:
         status_due = 0.0
         while True:
             with self._cond:
-                while not self._closing and not (
-                        self._connected and self._unacked < WINDOW and (self._queue or time.monotonic() >= status_due)):
+                while not self._closing and not (self._connected and self._unacked < WINDOW and (
+                        self._queue or (self._stats is not None and time.monotonic() >= status_due))):
                     self._cond.wait(timeout=max(0.05, min(1.0, status_due - time.monotonic())))
                 if self._closing:
                     return

@@ -199,7 +199,8 @@ class WebView:
     def stream(self, write: Callable[[bytes], None]) -> None:
         """Write the MJPEG stream until the client leaves or the view closes."""
         interval, sent = 1 / self.cfg.max_fps, -1
-        self.clients += 1
+        with self._encode_lock:
+            self.clients += 1
         try:
             write(f"--{BOUNDARY}\r\n".encode())
             while not self._closing.is_set():
@@ -212,7 +213,8 @@ class WebView:
                           + data + f"\r\n--{BOUNDARY}\r\n".encode())
                 self._closing.wait(max(0.0, interval - (time.monotonic() - start)))
         finally:
-            self.clients -= 1
+            with self._encode_lock:
+                self.clients -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
