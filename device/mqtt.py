@@ -161,8 +161,11 @@ class MqttSink:
 
     # -- paho's network thread ---------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("MQTT: broker %s:%d refused the connection: %s", self.url.host, self.url.port, reason_code)
+        if reason_code.is_failure:  # e.g. a wrong password: paho tries again with backoff
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.warning("MQTT: broker %s:%d refused the connection: %s", self.url.host, self.url.port,
+                            reason_code)
             return
         self._send(self.topics["availability"], "online", True)
         with self._cond:

@@ -3,6 +3,7 @@ run, and a broker that goes away mid-run never stops the pipeline; the loss is b
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 
@@ -10,7 +11,7 @@ import pytest
 
 from device import config as cfgmod
 from device.errors import ConfigError
-from tests.brokers import Mosquitto, Subscriber, wait_until
+from tests.brokers import Mosquitto, Subscriber, make_passwords, make_tls, wait_until
 from tests.conftest import LABELS, ROOT
 from tests.test_device import compose_video, read_rows, run_device
 
@@ -173,3 +174,37 @@ def test_bad_url_on_the_command_line_is_one_line():
 def test_url_defaults():
     assert cfgmod.parse_mqtt_url("mqtt://broker.lan/emotion") == cfgmod.MqttUrl("broker.lan", 1883, "emotion", False)
     assert cfgmod.parse_mqtt_url("mqtts://b:1/lab/a") == cfgmod.MqttUrl("b", 1, "lab/a", True)
+
+
+def test_tls_and_password_from_the_environment(tmp_path):
+    """mqtts:// to a broker that wants a password: the credentials come from the environment, the CA from
+    --mqtt-ca; a wrong password is refused by the broker, logged, and the pipeline runs on."""
+    folder = tmp_path / "broker"
+    tls = make_tls(folder / "tls")
+    passwords = make_passwords(folder, {"cam3": "right horse battery", "reader": "reader-pw"})
+    broker = Mosquitto(folder, listener=f"allow_anonymous false\npassword_file {passwords}\ncafile {tls['ca.pem']}\n"
+                                        f"certfile {tls['server.pem']}\nkeyfile {tls['server.key']}\n").start()
+    try:
+        sub = Subscriber(broker.port, "tls/#", ca=tls["ca.pem"], auth=("reader", "reader-pw"))
+        url = f"mqtts://127.0.0.1:{broker.port}/tls"
+        args = ["run", "--source", "demo", "--max-frames", "5", "--mqtt", url, "--mqtt-ca", str(tls["ca.pem"]),
+                "--device-id", "cam3"]
+        env = {"EMOTION_MQTT_USERNAME": "cam3", "EMOTION_MQTT_PASSWORD": "right horse battery"}
+        result = run_device_env(args, env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert wait_until(lambda: sub.on("cam3/availability")[-1:] == [(b"offline", False)], 10)
+        assert [m["frame"] for m in sub.json_on("cam3/faces")] == [0, 1, 2, 3, 4]
+        assert "MQTT: connected to 127.0.0.1" in result.stderr
+        sub.close()
+        wrong = run_device_env(args, {**env, "EMOTION_MQTT_PASSWORD": "wrong"})
+        assert wrong.returncode == 0 and "done: 5 frames" in wrong.stdout
+        assert "refused the connection" in wrong.stderr and "5 messages not delivered at exit" in wrong.stderr
+    finally:
+        broker.stop()
+
+
+def run_device_env(args: list[str], env: dict[str, str]):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "device", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env={**os.environ, **env})
