@@ -108,4 +108,4 @@ def face_dict(face: Face, labels: tuple[str, ...]) -> dict:
     b = face.box
     return {"track_id": face.track_id, "x": b.x, "y": b.y, "w": b.w, "h": b.h, "label": face.label,
             "confidence": round(float(face.confidence), 4),
-            "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs)}}
+            "probs": {label: round(p, 4) for label, p in zip(labels, face.probs.tolist())}}  # tolist: fast floats
