@@ -16,11 +16,15 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 
-from device import config as cfgmod
-from device.pipeline import Pipeline
-from device.results import ResultSinks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from device import config as cfgmod  # noqa: E402
+from device.pipeline import Pipeline  # noqa: E402
+from device.results import ResultSinks  # noqa: E402
 
 VIEWER = """
 import sys, urllib.request
