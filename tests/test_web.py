@@ -264,3 +264,46 @@ def test_port_in_use_is_one_line(tmp_path):
         result = run_device("run", "--source", "demo", "--max-frames", "1", "--serve", f"127.0.0.1:{port}")
     assert result.returncode == 78 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: web.serve: cannot listen on")
+
+
+def test_every_consumer_gets_each_frame_once_and_a_stalled_viewer_blocks_nothing(tmp_path):
+    """The loop's one call site: each result once, in order, with the stats already counting it; a viewer
+    that connects and never reads holds up neither the loop nor other clients."""
+    import socket
+
+    video, _ = still_video(tmp_path / "still.avi", frames=12)
+    pipeline, web = make_pipeline(tmp_path, video, max_fps=30.0)
+    seen = []
+
+    class Recorder:
+        def publish(self, result, stats):
+            seen.append((result.frame.index, len(result.faces), stats.frames))
+
+        def counters(self):
+            return {"recorded": len(seen)}
+
+        def health(self):
+            return ""
+
+        def close(self):
+            seen.append("closed")
+
+    pipeline.results.add(Recorder())
+    stalled = socket.create_connection(("127.0.0.1", web.port))
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+        assert wait_until(lambda: web.counters()["web_clients"] == 1, 5)
+        steps = []
+        for _ in range(40):
+            start = time.perf_counter()
+            pipeline.step()
+            steps.append(time.perf_counter() - start)
+        assert web.counters()["web_frames_encoded"] > 1  # the stalled viewer was being sent frames
+        code, body = get(f"http://127.0.0.1:{web.port}/api/status")  # another client is served meanwhile
+        assert code == 200 and json.loads(body)["counters"]["recorded"] == 40
+    finally:
+        stalled.close()
+        pipeline.close()
+    assert seen[:-1] == [(i, 3, i + 1) for i in range(40)] and seen[-1] == "closed"
+    assert np.median(steps) < 0.5
