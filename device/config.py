@@ -106,6 +106,36 @@ class RunConfig:
 
 
 @dataclass
+class MqttConfig:
+    # The username and password come from this file or EMOTION_MQTT_USERNAME / EMOTION_MQTT_PASSWORD,
+    # never from flags (a command line is visible to every user of the machine).
+    url: str | None = opt(None, "publish results to an MQTT broker: mqtt://HOST[:PORT]/PREFIX, or mqtts:// for TLS "
+                          "(off by default)", "--mqtt")
+    device_id: str | None = opt(None, "this device's name in the topics (default: the hostname)", "--device-id")
+    username: str | None = opt(None, "broker username (config file or EMOTION_MQTT_USERNAME only)")
+    password: str | None = opt(None, "broker password (config file or EMOTION_MQTT_PASSWORD only)")
+    ca_file: str | None = opt(None, "CA certificate for mqtts:// (default: the system's)", "--mqtt-ca")
+    queue: int = opt(1000, "messages held while the broker is away; the oldest are dropped and counted",
+                     "--mqtt-queue", low=1, high=1_000_000)
+    status_interval: float = opt(5.0, "seconds between retained status messages", "--mqtt-status-interval",
+                                 low=0.5, high=3600.0)
+    keepalive: int = opt(30, "seconds between MQTT keep-alive pings", "--mqtt-keepalive", low=5, high=3600)
+    reconnect_max_delay: float = opt(30.0, "longest wait between broker reconnects", "--mqtt-reconnect-max-delay",
+                                     low=1.0, high=3600.0)
+
+
+@dataclass
+class WebConfig:
+    serve: str | None = opt(None, "serve the live view, /api/status and /metrics on HOST:PORT (off by default; "
+                            "HOST defaults to 127.0.0.1)", "--serve")
+    token: str | None = opt(None, "require ?token= or 'Authorization: Bearer' (config file or EMOTION_WEB_TOKEN)")
+    max_fps: float = opt(10.0, "cap on the MJPEG frame rate (frames are encoded only while someone watches)",
+                         "--serve-fps", low=0.2, high=60.0)
+    timeline_minutes: float = opt(5.0, "minutes of emotion timeline kept for the page", "--timeline-minutes",
+                                  low=0.5, high=1440.0)
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -115,6 +145,8 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def sections() -> list[tuple[str, type]]:
@@ -173,6 +205,49 @@ def validate(config: Config) -> None:
         raise ConfigError(f"classifier.accelerator: {accel!r} is not auto, cpu, gpu or a delegate .so path")
     if config.log.rotate != "none" and not config.log.csv:
         raise ConfigError("log.rotate needs log.csv (a folder for the rotated files)")
+    if config.mqtt.url:
+        parse_mqtt_url(config.mqtt.url)
+    if config.web.serve:
+        parse_serve(config.web.serve)
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    prefix: str
+    tls: bool
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    """``mqtt://HOST[:PORT]/PREFIX`` (port 1883) or ``mqtts://...`` (port 8883); no credentials in it."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"mqtt.url: {url!r}: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"mqtt.url: {url!r} is not mqtt://HOST[:PORT]/PREFIX or mqtts://HOST[:PORT]/PREFIX")
+    if parts.username or parts.password:
+        raise ConfigError("mqtt.url: no credentials in the URL; set mqtt.username and mqtt.password in the config "
+                          "file or EMOTION_MQTT_USERNAME / EMOTION_MQTT_PASSWORD")
+    prefix = parts.path.strip("/")
+    if not prefix or any(ch in url for ch in "+#?"):
+        raise ConfigError(f"mqtt.url: {url!r} needs a topic prefix without wildcards (mqtt://HOST/emotion)")
+    tls = parts.scheme == "mqtts"
+    return MqttUrl(parts.hostname, port or (8883 if tls else 1883), prefix, tls)
+
+
+def parse_serve(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1); ``[::1]:PORT`` for IPv6."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"web.serve: {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -30,6 +30,7 @@ from device.errors import DeviceError, SourceError
 from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
+from device.results import ResultSinks, open_results
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
 from device.tracker import Tracker
@@ -97,6 +98,7 @@ class Pipeline:
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
         self.sink: Sink | None = None
+        self.results = ResultSinks()  # MQTT, web view: consumers beside the CSV log (off by default)
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
@@ -105,6 +107,8 @@ class Pipeline:
             self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
             self.source = self._open_source()
             self.sink = open_sink(config.output, self.source, float(config.source.fps))
+            self.results = open_results(config, self.classifier.labels, self.sink.needs_overlay
+                                        and not self.sink.transparent, self._csv_counters)
         except BaseException:
             self.close()
             raise
@@ -160,7 +164,9 @@ class Pipeline:
         self.notifier.watchdog()  # only while frames flow
         if not keep_going:
             self._quit = True
-        return FrameResult(frame, faces, t)
+        result = FrameResult(frame, faces, t)
+        self.results.publish(result, self.stats)  # never blocks: each consumer queues or keeps the latest
+        return result
 
     def _read(self):
         """The next frame; a failing live source is reopened with backoff until the timeout."""
@@ -256,7 +262,7 @@ class Pipeline:
             csv = f", csv disk full: {self.csv.backlog} rows held, {self.csv.rows_dropped} dropped"
         return (f"fps {s.fps():.1f}, frames {s.frames}, faces {s.faces}, latency {total:.1f} ms, "
                 f"dropped frames {s.skipped_frames}, reconnects {s.reconnects}"
-                + (f", soc {temp:.1f} C" if temp is not None else "") + csv)
+                + (f", soc {temp:.1f} C" if temp is not None else "") + csv + self.results.health())
 
     def summary(self) -> str:
         s = self.stats
@@ -282,9 +288,9 @@ class Pipeline:
 
     def _reload(self, config: Config) -> None:
         old = self.config
-        if (config.source, config.output) != (old.source, old.output):
-            log.warning("source and output changes take effect at the next restart (systemctl restart)")
-            config = dataclasses.replace(config, source=old.source, output=old.output)
+        if (config.source, config.output, config.mqtt, config.web) != (old.source, old.output, old.mqtt, old.web):
+            log.warning("source, output, mqtt and web changes take effect at the next restart (systemctl restart)")
+            config = dataclasses.replace(config, source=old.source, output=old.output, mqtt=old.mqtt, web=old.web)
         classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
         detector = FaceDetector(config.detector) if config.detector != old.detector else self.detector
         try:
@@ -309,7 +315,12 @@ class Pipeline:
             self.csv.close()
         return csv
 
+    def _csv_counters(self) -> dict[str, float]:
+        csv = self.csv
+        return {"csv_backlog": csv.backlog, "csv_rows_dropped": csv.rows_dropped} if csv is not None else {}
+
     def close(self) -> None:
+        self.results.close()
         for part in (self.sink, self.source, self.detector, self.csv):
             if part is not None:
                 part.close()
