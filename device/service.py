@@ -114,6 +114,9 @@ class Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        # A file-size limit (ulimit -f, LimitFSIZE=): write() fails with EFBIG, which the CSV log
+        # reports and holds rows for, instead of the default SIGXFSZ killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return self
 
     def _on_stop(self, signum: int, _frame) -> None:
