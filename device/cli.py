@@ -79,16 +79,17 @@ def load_config(args: argparse.Namespace) -> cfgmod.Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from device.service import SdNotifier, Signals, exit_now
+    from device import service
+    from device.service import SdNotifier, exit_now
     # First, before the heavy imports and the model load: a SIGTERM during start-up exits cleanly.
-    signals = Signals().install()
-    from device.pipeline import Pipeline
+    signals = service.signals()
     notifier = SdNotifier.from_env()  # does nothing outside systemd
     config = load_config(args)
     notifier.check_watchdog(config.run.no_frame_timeout)
     if signals.stop.is_set():  # asked to stop before anything was opened
         log.info("%s: stopped during start-up", signals.received)
         exit_now(0)
+    from device.pipeline import Pipeline
     pipeline = Pipeline(config, notifier, signals.stop)
     try:
         pipeline.run(signals.stop, signals.reload, lambda: load_config(args))

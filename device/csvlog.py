@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import re
+import resource
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -234,14 +235,19 @@ class CsvLog:
                     raise
                 self._on_disk_full(exc.errno)
                 return
-            if n < len(self._pending):  # a short write: the disk filled mid-row
+            if n < len(self._pending):  # a short write: the disk filled mid-row, or the file-size limit
+                code = errno.EFBIG if self._at_size_limit() else errno.ENOSPC
                 del self._pending[:self._cut_partial_row(n)]
-                self._on_disk_full(errno.ENOSPC)
+                self._on_disk_full(code)
                 return
             del self._pending[:n]
         if self._disk_full and not self._pending:
             log.warning("CSV log: the held rows are written (%s)", self._path)
             self._disk_full = False
+
+    def _at_size_limit(self) -> bool:
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return soft != resource.RLIM_INFINITY and os.fstat(self._fd).st_size >= soft
 
     def _cut_partial_row(self, written: int) -> int:
         """Truncate a short write back to its last whole row, so the file never holds half a row."""

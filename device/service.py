@@ -129,6 +129,18 @@ class Signals:
         self.reload.set()
 
 
+_signals: Signals | None = None
+
+
+def signals() -> Signals:
+    """The process's one :class:`Signals`, installed on first use: ``python -m device run`` calls this
+    before anything else (device/__main__.py), so a SIGTERM in the first moments is a clean stop."""
+    global _signals
+    if _signals is None:
+        _signals = Signals().install()
+    return _signals
+
+
 def exit_now(code: int) -> NoReturn:
     """Exit without the interpreter's teardown, once the log is closed and every stream flushed.
 
