@@ -512,7 +512,7 @@ def test_unit_declares_what_the_issue_asks():
               "PrivateTmp": "yes", "NoNewPrivileges": "yes", "DevicePolicy": "closed",
               "SupplementaryGroups": "video render", "StateDirectory": "emotion-device",
               "LogsDirectory": "emotion-device", "ConfigurationDirectory": "emotion-device",
-              "RestartPreventExitStatus": "78"}
+              "RestartPreventExitStatus": "78 73"}
     for key, value in expect.items():
         assert settings.get(key) == [value], key
     assert {"char-video4linux rw", "char-media rw", "char-dma_heap rw", "char-drm rw"} <= set(settings["DeviceAllow"])
