@@ -33,7 +33,7 @@ from pathlib import Path
 
 from device import outpaths
 from device.config import LogConfig
-from device.errors import ConfigError, OutputError
+from device.errors import ConfigError, OutputError, WriteError
 from device.frames import Face, Frame
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,8 @@ class CsvLog:
             try:
                 n = os.write(self._fd, self._pending)
             except OSError as exc:
-                if exc.errno not in DISK_FULL:
-                    raise
+                if exc.errno not in DISK_FULL:  # EIO, a vanished device: one line and exit 74, no traceback
+                    raise WriteError(f"--csv {self._path}: cannot write: {exc.strerror or exc}") from None
                 self._on_disk_full(exc.errno)
                 return
             if n < len(self._pending):  # a short write: the disk filled mid-row, or the file-size limit

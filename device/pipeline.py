@@ -97,6 +97,7 @@ class Pipeline:
         self._stop = stop or threading.Event()
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
+        self._faces_failed = False  # warned once that face crops cannot be written
         self.detector: FaceDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
@@ -232,8 +233,15 @@ class Pipeline:
         folder = Path(self.config.output.faces_dir)
         for face in faces:
             ok, data = cv2.imencode(".jpg", crop_face(frame.image, face.box, self.classifier.crop))
-            if ok:
+            if not ok:
+                continue
+            try:
                 write_atomic(folder / f"{frame.index:08d}_track{face.track_id}.jpg", data.tobytes())
+            except OSError as exc:  # face crops are an extra: a full disk must not stop the CSV log
+                if not self._faces_failed:
+                    log.warning("--save-faces %s: cannot write face crops (%s); skipping them", folder,
+                                exc.strerror or exc)
+                self._faces_failed = True
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, reload: threading.Event | None = None,

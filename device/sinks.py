@@ -18,7 +18,7 @@ import numpy as np
 
 from device import outpaths
 from device.config import OutputConfig
-from device.errors import ConfigError
+from device.errors import ConfigError, WriteError
 from device.frames import Frame
 from device.manifest import write_atomic
 
@@ -136,7 +136,10 @@ class ImageDirSink(Sink):
             name = f"frame_{frame.index:06d}.jpg"
         ok, data = cv2.imencode(Path(name).suffix, image)
         if ok:
-            write_atomic(self.folder / name, data.tobytes())
+            try:
+                write_atomic(self.folder / name, data.tobytes())
+            except OSError as exc:
+                raise WriteError(f"--output {self.folder / name}: cannot write: {exc.strerror or exc}") from None
         return True
 
 
