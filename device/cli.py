@@ -138,6 +138,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "run" in (sys.argv[1:] if argv is None else argv)[:2]:  # the daemon: handlers before the parser's imports
+        from device import service
+        service.signals()
     args = build_parser().parse_args(argv)
     # Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for journal-bound stderr).
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "

@@ -108,8 +108,9 @@ class Pipeline:
             self.detector = FaceDetector(config.detector)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
             self._check_outputs()  # an unwritable path is exit 73 before the camera opens
-            if not self._stop.is_set():  # a SIGTERM during start-up
-                self.source = self._open_source()
+            self.source = None if self._stop.is_set() else self._open_source()
+            if self.source is None:  # stopped during start-up or while waiting for the camera: open nothing more
+                return
             # after the source: a run that fails on its source leaves no header-only CSV behind
             self.csv = CsvLog(config.log, self.classifier.labels, self.started_at) if config.log.csv else None
             self.sink = open_sink(config.output, self.source, float(config.source.fps))
