@@ -1,13 +1,15 @@
 """The emotion classifier: a .tflite in LiteRT, described by the manifest beside it.
 
-The manifest must match the file (sha256, input shape, number of labels);
-otherwise loading fails with one clear error.  All faces of a frame go
+The manifest must carry the file's sha256 and match the file (sha256, input
+shape, number of labels); otherwise loading fails with one clear error.  The
+bytes that are checked are the bytes that are loaded.  All faces of a frame go
 through the model in one batch where the model allows it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from device.config import ClassifierConfig
 from device.errors import ModelError
 from device.frames import Box
 from device.preprocess import crop_face, to_model_image
-from device.runtime import Runtime, open_runtime, to_input, to_probs
+from device.runtime import Runtime, open_runtime, read_model, to_input, to_probs
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,16 @@ def open_checked(model: str | Path, threads: int = 1, accelerator: str = "auto")
     """A .tflite and its manifest, checked against each other (sha256, input shape, labels)."""
     model = Path(model)
     manifest = load_manifest(model)
-    if manifest.model_sha256 and mf.sha256_file(model) != manifest.model_sha256:
+    if not manifest.model_sha256:
+        raise ModelError(f"{mf.manifest_path_for(model)} has no model_sha256: convert the model again"
+                         f" (python -m convert quantize writes it)")
+    data = read_model(model)
+    if hashlib.sha256(data).hexdigest() != manifest.model_sha256:
         raise ModelError(f"{model} does not match its manifest (sha256 differs): copy the .tflite and"
                          f" its .json together")
-    runtime = open_runtime(model, threads, accelerator)
+    runtime = open_runtime(data, threads, accelerator, name=str(model))
+    log.info("emotion model %s: sha256 %s, %d labels, %d px", model, manifest.model_sha256[:12],
+             len(manifest.labels), manifest.input_size)
     check_model(runtime, manifest, model)
     return runtime, manifest
 

@@ -2,7 +2,8 @@
 
 Options come from a TOML file (``--config``) and flags, flags winning.  Every
 failure the user can act on is one line on stderr and an exit code
-(78 for config and model errors, 66 for sources), never a traceback.
+(78 for config and model errors, 66 for sources, 73 for output paths that
+cannot be written, 74 for CSV rows that could not be written), never a traceback.
 """
 
 from __future__ import annotations
@@ -78,12 +79,17 @@ def load_config(args: argparse.Namespace) -> cfgmod.Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from device.pipeline import Pipeline
-    from device.service import SdNotifier, Signals, exit_now
-    signals = Signals().install()  # before the model loads: a SIGTERM during start-up still exits cleanly
+    from device import service
+    from device.service import SdNotifier, exit_now
+    # First, before the heavy imports and the model load: a SIGTERM during start-up exits cleanly.
+    signals = service.signals()
     notifier = SdNotifier.from_env()  # does nothing outside systemd
     config = load_config(args)
     notifier.check_watchdog(config.run.no_frame_timeout)
+    if signals.stop.is_set():  # asked to stop before anything was opened
+        log.info("%s: stopped during start-up", signals.received)
+        exit_now(0)
+    from device.pipeline import Pipeline
     pipeline = Pipeline(config, notifier, signals.stop)
     try:
         pipeline.run(signals.stop, signals.reload, lambda: load_config(args))
@@ -91,12 +97,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.info("%s: stopped after the current frame", signals.received)
     finally:
         notifier.stopping()
-        pipeline.close()
-        notifier.close()
+        try:
+            pipeline.close()
+        finally:
+            notifier.close()
     print(pipeline.summary())
+    failure = pipeline.failure()  # rows that are not on disk, a source that ended early
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+    code = failure.exit_code if failure is not None else 0
     if signals.received:  # stopped by systemd or Ctrl-C, with the CSV closed: leave at once
-        exit_now(0)
-    return 0
+        exit_now(code)
+    return code
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -126,6 +138,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "run" in (sys.argv[1:] if argv is None else argv)[:2]:  # the daemon: handlers before the parser's imports
+        from device import service
+        service.signals()
     args = build_parser().parse_args(argv)
     # Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for journal-bound stderr).
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "

@@ -92,6 +92,8 @@ class LogConfig:
     max_bytes: int = opt(50_000_000, "file size for --rotate size", "--max-bytes", low=1024, high=10**12)
     retention_days: int = opt(0, "delete rotated CSV files older than this (0: keep all)", "--retention-days",
                               low=0, high=36500)
+    flush_timeout: float = opt(5.0, "at stop, seconds to retry writing rows held on a full disk (keep it under "
+                               "the unit's TimeoutStopSec)", "--flush-timeout", low=0.0, high=600.0)
 
 
 @dataclass

@@ -10,9 +10,14 @@
 - ``rotate = "daily"`` or ``"size"`` writes ``emotions-YYYY-MM-DD[.N].csv`` files
   (UTC dates) in a folder, each with its header, and deletes those older than
   ``retention_days``.
-- A full disk logs one warning and holds the rows in memory (up to
-  ``MAX_PENDING_BYTES``, then new rows are dropped and counted); they are
-  written when space returns, so the pipeline keeps running.
+- A full disk (or a file-size limit) logs one warning and holds the rows in
+  memory (up to ``MAX_PENDING_BYTES``, then new rows are dropped and counted);
+  they are written when space returns, so the pipeline keeps running.  At
+  ``close()`` the held rows are retried for ``flush_timeout`` seconds; what is
+  still held then is counted in ``rows_lost``, never in ``rows_written``.
+- Every row carries ``run``, the run's start time (UTC), so appended runs can
+  be told apart.  A file is appended to only when its header is this one: any
+  other file (another program's, an older version's) is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -21,21 +26,24 @@ import errno
 import logging
 import os
 import re
+import resource
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from device import outpaths
 from device.config import LogConfig
-from device.errors import ConfigError
+from device.errors import ConfigError, OutputError, WriteError
 from device.frames import Face, Frame
 
 log = logging.getLogger(__name__)
 
-FIXED = ["timestamp", "frame", "source", "track_id", "x", "y", "w", "h", "label", "confidence"]
+FIXED = ["timestamp", "run", "frame", "source", "track_id", "x", "y", "w", "h", "label", "confidence"]
 ROTATED = re.compile(r"^emotions-(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.csv$")
 MAX_PENDING_BYTES = 64 << 20  # rows held in memory while the disk is full (~200,000 rows)
 REPAIR_WINDOW = 1 << 20  # how far back from the end a power cut can leave garbage
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # rows are held until they can be written
+REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file-size limit reached"}
 
 
 def columns(labels: tuple[str, ...]) -> list[str]:
@@ -48,15 +56,47 @@ def _quote(text: str) -> str:
     return text
 
 
-def format_rows(frame: Frame, faces: list[Face]) -> str:
-    stamp = frame.timestamp.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_stamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_rows(frame: Frame, faces: list[Face], run: str) -> str:
+    stamp = utc_stamp(frame.timestamp)
     source = _quote(frame.source)
     lines = []
     for f in faces:
         probs = ",".join(f"{float(p):.4f}" for p in f.probs)
-        lines.append(f"{stamp},{frame.index},{source},{f.track_id},{f.box.x},{f.box.y},{f.box.w},{f.box.h},"
+        lines.append(f"{stamp},{run},{frame.index},{source},{f.track_id},{f.box.x},{f.box.y},{f.box.w},{f.box.h},"
                      f"{_quote(f.label)},{f.confidence:.4f},{probs}\n")
     return "".join(lines)
+
+
+def check_header(first_line: str, header: str, path: Path) -> None:
+    """Refuse a file that is not this program's CSV with these columns (it is never emptied)."""
+    if first_line == header:
+        return
+    theirs, ours = first_line.rstrip("\r\n").split(","), header.rstrip("\n").split(",")
+    if "run" not in theirs and theirs == [c for c in ours if c != "run"]:
+        raise ConfigError(f"log.csv: {path} was written by an older version (no run column); "
+                          f"move it away or use another file")
+    if theirs[:1] != ["timestamp"]:
+        raise ConfigError(f"log.csv: {path} is not this program's CSV; use another file")
+    raise ConfigError(f"log.csv: {path} has other columns than this model's; use another file")
+
+
+def check_target(cfg: LogConfig, labels: tuple[str, ...]) -> None:
+    """At start, before the camera opens: the log can be written, and an existing file is ours."""
+    if cfg.rotate != "none":
+        outpaths.check_dir(cfg.csv, "--csv")
+        return
+    path = Path(cfg.csv)
+    outpaths.check_file(path, "--csv")
+    if path.is_file() and path.stat().st_size:
+        header = ",".join(columns(labels)) + "\n"
+        with open(path, "rb") as f:
+            first = f.readline(len(header) + 1)
+        if first.endswith(b"\n") or not header.encode().startswith(first.rstrip(b"\0")):  # not a torn header
+            check_header(first.decode(errors="replace"), header, path)
 
 
 def repair(path: Path, header: str) -> int:
@@ -65,7 +105,7 @@ def repair(path: Path, header: str) -> int:
     Cuts a torn last line and any trailing lines holding NUL bytes (what some
     filesystems leave of unsynced appends after a power cut).  A file that is
     only a torn header is emptied, so the header is written again in full.
-    Raises ConfigError when the header belongs to other columns.
+    Raises ConfigError, touching nothing, when the file is not this CSV.
     """
     if not path.exists() or path.stat().st_size == 0:
         return 0
@@ -80,9 +120,10 @@ def repair(path: Path, header: str) -> int:
         if keep == 0 and start > 0:
             raise ConfigError(f"log.csv: {path} has no complete row in its last {REPAIR_WINDOW} bytes; move it away")
         f.seek(0)
-        # keep == 0: not even the header is whole; the file is emptied and the header written again
-        if keep and f.readline().decode(errors="replace") != header:
-            raise ConfigError(f"log.csv: {path} has other columns than this model's; use another file")
+        if keep:
+            check_header(f.readline(len(header) + 1).decode(errors="replace"), header, path)
+        elif not header.encode().startswith(tail.rstrip(b"\0")):  # not a torn header: someone else's file
+            raise ConfigError(f"log.csv: {path} is not this program's CSV; use another file")
         cut = size - (start + keep)
         if cut:
             f.truncate(start + keep)
@@ -106,10 +147,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class CsvLog:
-    def __init__(self, cfg: LogConfig, labels: tuple[str, ...]):
+    def __init__(self, cfg: LogConfig, labels: tuple[str, ...], run: datetime | None = None):
         self.cfg, self.header = cfg, ",".join(columns(labels)) + "\n"
-        self.rows_written = 0  # rows accepted: on disk, or held while the disk is full
+        self.run = utc_stamp(run or datetime.now(timezone.utc))
+        self._rows_accepted = 0  # on disk, or held while the disk is full
         self.rows_dropped = 0  # rows refused because the memory for held rows ran out
+        self._reason = ""  # why rows are held: disk full, file-size limit
         self._fd: int | None = None
         self._path: Path | None = None
         self._pending = bytearray()
@@ -134,10 +177,13 @@ class CsvLog:
             n += 1
 
     def _open(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        repair(path, self.header)
-        existed = path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repair(path, self.header)
+            existed = path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise OutputError(f"--csv {path}: cannot write: {exc.strerror or exc}") from None
         if not existed:
             _fsync_dir(path.parent)
         if os.fstat(fd).st_size == 0:
@@ -165,7 +211,7 @@ class CsvLog:
                 self._close_fd()
                 self._open(target)
         if faces:
-            self._hold(format_rows(frame, faces).encode(), len(faces))
+            self._hold(format_rows(frame, faces, self.run).encode(), len(faces))
         self._flush()
         if self.cfg.fsync_interval == 0 or time.monotonic() - self._last_sync >= self.cfg.fsync_interval:
             self._sync()
@@ -178,25 +224,30 @@ class CsvLog:
             self.rows_dropped += count
             return
         self._pending += rows
-        self.rows_written += count
+        self._rows_accepted += count
 
     def _flush(self) -> None:
         while self._pending and self._fd is not None:
             try:
                 n = os.write(self._fd, self._pending)
             except OSError as exc:
-                if exc.errno not in DISK_FULL:
-                    raise
-                self._on_disk_full()
+                if exc.errno not in DISK_FULL:  # EIO, a vanished device: one line and exit 74, no traceback
+                    raise WriteError(f"--csv {self._path}: cannot write: {exc.strerror or exc}") from None
+                self._on_disk_full(exc.errno)
                 return
-            if n < len(self._pending):  # a short write: the disk filled mid-row
+            if n < len(self._pending):  # a short write: the disk filled mid-row, or the file-size limit
+                code = errno.EFBIG if self._at_size_limit() else errno.ENOSPC
                 del self._pending[:self._cut_partial_row(n)]
-                self._on_disk_full()
+                self._on_disk_full(code)
                 return
             del self._pending[:n]
         if self._disk_full and not self._pending:
-            log.warning("CSV log: space is back; the held rows are written (%s)", self._path)
+            log.warning("CSV log: the held rows are written (%s)", self._path)
             self._disk_full = False
+
+    def _at_size_limit(self) -> bool:
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return soft != resource.RLIM_INFINITY and os.fstat(self._fd).st_size >= soft
 
     def _cut_partial_row(self, written: int) -> int:
         """Truncate a short write back to its last whole row, so the file never holds half a row."""
@@ -205,9 +256,11 @@ class CsvLog:
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - (written - whole))
         return whole
 
-    def _on_disk_full(self) -> None:
+    def _on_disk_full(self, code: int) -> None:
+        self._reason = REASONS.get(code, os.strerror(code))
         if not self._disk_full:
-            log.warning("CSV log: disk full; holding rows in memory until space returns (%s)", self._path)
+            log.warning("CSV log: %s (%s); holding rows in memory until they can be written (%s)",
+                        self._reason, errno.errorcode.get(code, code), self._path)
             self._disk_full = True
 
     def _sync(self) -> None:
@@ -231,15 +284,35 @@ class CsvLog:
             os.close(self._fd)
             self._fd = None
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is held, retrying for ``timeout`` s (default ``flush_timeout``): the stop budget."""
+        deadline = time.monotonic() + (self.cfg.flush_timeout if timeout is None else timeout)
+        self._flush()
+        while self._pending and self._fd is not None and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._flush()
         self._close_fd()
-        if self._pending:
-            log.error("CSV log: %d rows could not be written (disk full)", self.backlog)
+        if self.rows_lost:
+            log.error("CSV log: %s", self.loss)
 
     @property
     def backlog(self) -> int:
-        """Rows held in memory, not yet in the file (the disk is full)."""
-        return self._pending.count(b"\n")
+        """Rows held in memory, not yet in the file (the disk is full); headers are not rows."""
+        return self._pending.count(b"\n") - self._pending.count(self.header.encode())
+
+    @property
+    def rows_written(self) -> int:
+        """Rows that are in the file."""
+        return self._rows_accepted - self.backlog
+
+    @property
+    def rows_lost(self) -> int:
+        """Rows not in the file: still held, or dropped when the memory for held rows ran out."""
+        return self.backlog + self.rows_dropped
+
+    @property
+    def loss(self) -> str:
+        return f"{self.rows_lost} CSV rows could not be written to {self._path} ({self._reason or 'unknown'})"
 
     @property
     def disk_full(self) -> bool:

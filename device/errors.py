@@ -17,3 +17,11 @@ class ModelError(DeviceError):
 
 class SourceError(DeviceError):
     exit_code = 66  # EX_NOINPUT
+
+
+class OutputError(DeviceError):
+    exit_code = 73  # EX_CANTCREAT: an output path that cannot be written (checked at start)
+
+
+class WriteError(DeviceError):
+    exit_code = 74  # EX_IOERR: rows or outputs that could not be written

@@ -5,28 +5,31 @@ signal handler) ends it cleanly after the current frame, and a reload event
 (SIGHUP) swaps in a new config and model between two frames.  A camera that
 is missing at start or fails later is reopened with exponential backoff; after
 ``no_frame_timeout`` seconds without a frame the run gives up with a SourceError
-(the service manager restarts the process).
+(the service manager restarts the process).  Output paths are checked before
+the camera opens, and the CSV is created only once the source is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from device import overlay
+from device import csvlog, outpaths, overlay, sinks
 from device.classifier import EmotionClassifier
 from device.config import Config
 from device.csvlog import CsvLog
 from device.detector import FaceDetector
-from device.errors import DeviceError, SourceError
+from device.errors import DeviceError, SourceError, WriteError
 from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
@@ -90,10 +93,12 @@ class Pipeline:
         self.config = config
         self.notifier = notifier or Notifier()
         self.stats = Stats()
+        self.started_at = datetime.now(timezone.utc)  # the CSV's run column
         self.records: list[dict[str, float]] | None = None  # per-frame stage timings, for bench
         self._stop = stop or threading.Event()
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
+        self._faces_failed = False  # warned once that face crops cannot be written
         self.detector: FaceDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
@@ -104,18 +109,30 @@ class Pipeline:
             self.classifier = EmotionClassifier(config.classifier)
             self.detector = FaceDetector(config.detector)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
-            self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
-            self.source = self._open_source()
+            self._check_outputs()  # an unwritable path is exit 73 before the camera opens
+            self.source = None if self._stop.is_set() else self._open_source()
+            if self.source is None:  # stopped during start-up or while waiting for the camera: open nothing more
+                return
+            # after the source: a run that fails on its source leaves no header-only CSV behind
+            self.csv = CsvLog(config.log, self.classifier.labels, self.started_at) if config.log.csv else None
             self.sink = open_sink(config.output, self.source, float(config.source.fps))
             self.results = open_results(config, self.classifier.labels, self.sink.needs_overlay
                                         and not self.sink.transparent, self._csv_counters)
         except BaseException:
-            self.close()
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self.close()
             raise
+
+    def _check_outputs(self) -> None:
+        if self.config.log.csv:
+            csvlog.check_target(self.config.log, self.classifier.labels)
+        sinks.check_target(self.config.output)
+        if self.config.output.faces_dir:
+            outpaths.check_dir(self.config.output.faces_dir, "--save-faces")
 
     def _open_source(self) -> FrameSource | None:
         try:
-            return open_source(self.config.source.uri, self.config.source)
+            return open_source(self.config.source.uri, self.config.source, self._stop)
         except SourceError as exc:
             if not is_live(self.config.source.uri):
                 raise
@@ -129,6 +146,8 @@ class Pipeline:
         t0 = time.perf_counter()
         frame = self._read()
         if frame is None:
+            if self.source is not None:  # an unreadable last image counts too
+                self.stats.skipped_frames = self.source.skipped
             return None
         t1 = time.perf_counter()
         detections = self.detector.detect(frame.image)
@@ -190,13 +209,13 @@ class Pipeline:
         while time.monotonic() < deadline and not self._stop.is_set():
             log.warning("%s; retrying in %.1f s", error, delay)
             self.notifier.status(f"no camera: {error}; retrying in {delay:.1f} s")
-            self._stop.wait(delay)
+            self._stop.wait(min(delay, max(0.0, deadline - time.monotonic())))  # never sleep past the deadline
             delay = min(delay * 2, run.reconnect_max_delay)
             if self.source is not None:
                 self.source.close()
                 self.source = None
             try:
-                source = open_source(uri, self.config.source)
+                source = open_source(uri, self.config.source, self._stop)
             except SourceError as exc:
                 error = exc
                 continue
@@ -221,8 +240,15 @@ class Pipeline:
         folder = Path(self.config.output.faces_dir)
         for face in faces:
             ok, data = cv2.imencode(".jpg", crop_face(frame.image, face.box, self.classifier.crop))
-            if ok:
+            if not ok:
+                continue
+            try:
                 write_atomic(folder / f"{frame.index:08d}_track{face.track_id}.jpg", data.tobytes())
+            except OSError as exc:  # face crops are an extra: a full disk must not stop the CSV log
+                if not self._faces_failed:
+                    log.warning("--save-faces %s: cannot write face crops (%s); skipping them", folder,
+                                exc.strerror or exc)
+                self._faces_failed = True
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, reload: threading.Event | None = None,
@@ -265,12 +291,24 @@ class Pipeline:
                 + (f", soc {temp:.1f} C" if temp is not None else "") + csv + self.results.health())
 
     def summary(self) -> str:
+        """One line; after close(), so the CSV count is what is on disk."""
         s = self.stats
         elapsed = time.monotonic() - s.started
         rows = f", {self.csv.rows_written} CSV rows in {self.csv.path}" if self.csv else ""
+        early = self.source.ended_early if self.source is not None else None
+        short = f"; source ended early: {early[0]} of {early[1]} frames" if early else ""
         return (f"done: {s.frames} frames, {s.faces} faces, {s.frames_without_faces} frames without a face, "
                 f"{s.skipped_frames} unreadable frames skipped, {s.frames / elapsed if elapsed else 0:.1f} fps"
-                f"{rows}")
+                f"{rows}{short}")
+
+    def failure(self) -> DeviceError | None:
+        """After close(): what makes an otherwise finished run fail (rows lost, a truncated source)."""
+        if self.csv is not None and self.csv.rows_lost:
+            return WriteError(self.csv.loss)
+        early = self.source.ended_early if self.source is not None else None
+        if early:
+            return SourceError(f"source ended early: {early[0]} of {early[1]} frames (a truncated file?)")
+        return None
 
     def reload(self, load_config: Callable[[], Config] | None = None) -> None:
         """SIGHUP: read the config again, load the model again (a new .tflite copied in place) and
@@ -310,7 +348,7 @@ class Pipeline:
         if self.csv is not None and config.log == self.config.log and labels == self.classifier.labels:
             self.csv.reopen()
             return self.csv
-        csv = CsvLog(config.log, labels) if config.log.csv else None  # fails before the old one closes
+        csv = CsvLog(config.log, labels, self.started_at) if config.log.csv else None  # fails before the old one closes
         if self.csv is not None:
             self.csv.close()
         return csv
@@ -320,7 +358,17 @@ class Pipeline:
         return {"csv_backlog": csv.backlog, "csv_rows_dropped": csv.rows_dropped} if csv is not None else {}
 
     def close(self) -> None:
-        self.results.close()
-        for part in (self.sink, self.source, self.detector, self.csv):
-            if part is not None:
+        """Close every part, even when one fails; then raise the first failure."""
+        first: BaseException | None = None
+        for part in (self.results, self.sink, self.source, self.detector, self.csv):
+            if part is None:
+                continue
+            try:
                 part.close()
+            except Exception as exc:  # noqa: BLE001 - the other parts (the CSV) must still close
+                log.error("closing the %s failed: %s", type(part).__name__, exc)
+                first = first or exc
+        if isinstance(first, DeviceError):
+            raise first
+        if first is not None:
+            raise WriteError(f"closing the outputs failed: {first}") from None

@@ -1,7 +1,12 @@
 """LiteRT behind one small interface: the only module that imports the TFLite runtime.
 
-``open_runtime(path, threads, accelerator)`` returns a :class:`Runtime` that
-runs a batch through a .tflite model:
+``open_runtime(model, threads, accelerator)`` returns a :class:`Runtime` that
+runs a batch through a .tflite model.  The model's bytes are loaded into
+memory, never memory-mapped from the file: a model copied over the running one
+(``cp``) cannot pull pages from under it (SIGBUS); the new file takes effect at
+the next load.  Every model is first loaded on the CPU Interpreter, which
+verifies the flatbuffer: a truncated or corrupt file is a ModelError, never a
+crash inside an accelerator's loader.
 
 - ``cpu``: the LiteRT ``Interpreter`` with XNNPACK (``tflite_runtime`` when only
   that is installed);
@@ -66,7 +71,7 @@ def _spec(detail: dict) -> TensorSpec:
 class InterpreterRuntime:
     """The classic Interpreter; batches by resizing the input tensor when the batch size changes."""
 
-    def __init__(self, path: Path, threads: int, delegate: str | None = None):
+    def __init__(self, model: bytes, name: str, threads: int, delegate: str | None = None):
         module = _interpreter_module()
         delegates = []
         if delegate:
@@ -76,11 +81,11 @@ class InterpreterRuntime:
                 raise ModelError(f"cannot load delegate {delegate}: {exc} (is the library installed and built for "
                                  f"this runtime version and CPU architecture?)") from None
         try:
-            self._interp = module.Interpreter(model_path=str(path), num_threads=threads,
+            self._interp = module.Interpreter(model_content=model, num_threads=threads,
                                               experimental_delegates=delegates or None)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+            raise ModelError(f"cannot load {name}: {str(exc).strip().splitlines()[0]}") from None
         self._in = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
         self.input, self.output = _spec(self._in), _spec(self._out)
@@ -101,13 +106,15 @@ class InterpreterRuntime:
 class CompiledRuntime:
     """LiteRT's CompiledModel on the GPU accelerator; one image per run (static shapes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, model: bytes, cpu: InterpreterRuntime):
+        """``cpu``: the same model already verified on the Interpreter; it gives the tensor metadata."""
         try:
             from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
         except ModuleNotFoundError:
             raise ModelError("the GPU accelerator needs ai-edge-litert (CompiledModel API)") from None
+        self._bytes = model  # the buffer must outlive the compiled model
         try:
-            self._model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
+            self._model = CompiledModel.from_buffer(model, hardware_accel=HardwareAccelerator.GPU)
             if not self._model.is_fully_accelerated():
                 raise RuntimeError("the GPU accelerator does not support every op of this model")
             self._inputs = self._model.create_input_buffers(0)
@@ -117,9 +124,8 @@ class CompiledRuntime:
             if ctypes.util.find_library("vulkan") is None:
                 reason = "no Vulkan driver (libvulkan.so.1) found"
             raise ModelError(f"GPU accelerator unavailable: {reason}") from None
-        # The tensor metadata (quantisation) comes from the Interpreter's view of the same file.
-        meta = InterpreterRuntime(path, threads=1)
-        self.input, self.output = meta.input, meta.output
+        # The tensor metadata (quantisation) comes from the Interpreter's view of the same bytes.
+        self.input, self.output = cpu.input, cpu.output
         self._out_count = int(np.prod(self.output.shape))
         self.description = "LiteRT CompiledModel on the GPU accelerator"
 
@@ -135,29 +141,41 @@ class CompiledRuntime:
 ACCELERATORS = ("auto", "cpu", "gpu")
 
 
-def open_runtime(path: str | Path, threads: int = 1, accelerator: str = "auto") -> Runtime:
-    """Load ``path`` on the requested accelerator and log one line saying what runs and why."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model not found: {path}")
+def read_model(path: str | Path) -> bytes:
+    """The whole file in memory (see the module's docstring for why not a memory map)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model not found: {path}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path}: {exc.strerror or exc}") from None
+
+
+def open_runtime(model: str | Path | bytes, threads: int = 1, accelerator: str = "auto",
+                 name: str = "the model") -> Runtime:
+    """Load ``model`` (a path, or its bytes) on the requested accelerator and log one line saying what runs
+    and why.  The CPU Interpreter loads it first in every case: it verifies the file."""
+    if not isinstance(model, bytes):
+        model, name = read_model(model), str(model)
+    cpu = InterpreterRuntime(model, name, threads)  # a corrupt model fails here, as a ModelError
     if accelerator == "cpu":
-        runtime = InterpreterRuntime(path, threads)
+        runtime = cpu
         log.info("classifier: %s (requested)", runtime.description)
     elif accelerator == "gpu":
-        runtime = CompiledRuntime(path)
+        runtime = CompiledRuntime(model, cpu)
         log.info("classifier: %s (requested)", runtime.description)
     elif accelerator == "auto":
         try:
             with quiet_native_stderr():  # a machine without Vulkan makes the GPU probe print pages
-                runtime = CompiledRuntime(path)
+                runtime = CompiledRuntime(model, cpu)
             log.info("classifier: %s (auto: the GPU accelerator took the whole model)", runtime.description)
         except ModelError as exc:
-            runtime = InterpreterRuntime(path, threads)
+            runtime = cpu
             log.info("classifier: %s (auto: %s)", runtime.description, exc)
     else:
         if not Path(accelerator).exists() and "/" in accelerator:
             raise ModelError(f"delegate library not found: {accelerator}")
-        runtime = InterpreterRuntime(path, threads, delegate=accelerator)
+        runtime = InterpreterRuntime(model, name, threads, delegate=accelerator)
         log.info("classifier: %s (requested)", runtime.description)
     return runtime
 

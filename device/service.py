@@ -114,6 +114,9 @@ class Signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        # A file-size limit (ulimit -f, LimitFSIZE=): write() fails with EFBIG, which the CSV log
+        # reports and holds rows for, instead of the default SIGXFSZ killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return self
 
     def _on_stop(self, signum: int, _frame) -> None:
@@ -124,6 +127,18 @@ class Signals:
 
     def _on_reload(self, _signum: int, _frame) -> None:
         self.reload.set()
+
+
+_signals: Signals | None = None
+
+
+def signals() -> Signals:
+    """The process's one :class:`Signals`, installed on first use: ``python -m device run`` calls this
+    before anything else (device/__main__.py), so a SIGTERM in the first moments is a clean stop."""
+    global _signals
+    if _signals is None:
+        _signals = Signals().install()
+    return _signals
 
 
 def exit_now(code: int) -> NoReturn:

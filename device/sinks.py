@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from device import outpaths
 from device.config import OutputConfig
-from device.errors import ConfigError
+from device.errors import ConfigError, WriteError
 from device.frames import Frame
 from device.manifest import write_atomic
 
@@ -102,6 +103,7 @@ class VideoFileSink(Sink):
         self.path, self.fps = path, fps
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         self._writer: cv2.VideoWriter | None = None
+        outpaths.check_file(path, "--output")
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
@@ -125,16 +127,34 @@ class ImageDirSink(Sink):
 
     def __init__(self, folder: Path):
         self.folder = folder
+        outpaths.check_dir(folder, "--output")
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
         name = Path(frame.source).name
-        if Path(name).suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
+        if not cv2.haveImageWriter(name):  # frames of a video or a camera
             name = f"frame_{frame.index:06d}.jpg"
         ok, data = cv2.imencode(Path(name).suffix, image)
         if ok:
-            write_atomic(self.folder / name, data.tobytes())
+            try:
+                write_atomic(self.folder / name, data.tobytes())
+            except OSError as exc:
+                raise WriteError(f"--output {self.folder / name}: cannot write: {exc.strerror or exc}") from None
         return True
+
+
+def _is_dir_target(target: str) -> bool:
+    return target.endswith(("/", os.sep)) or Path(target).is_dir()
+
+
+def check_target(cfg: OutputConfig) -> None:
+    """At start, before the camera opens: a file or folder target can be written (else exit 73)."""
+    if cfg.target in ("none", "display", "drm"):
+        return
+    if _is_dir_target(cfg.target):
+        outpaths.check_dir(cfg.target, "--output")
+    elif Path(cfg.target).suffix.lower() in VIDEO_SUFFIXES:
+        outpaths.check_file(cfg.target, "--output")
 
 
 def open_sink(cfg: OutputConfig, source=None, fps: float = 30.0) -> Sink:
@@ -145,7 +165,7 @@ def open_sink(cfg: OutputConfig, source=None, fps: float = 30.0) -> Sink:
         return DisplaySink(cfg.fullscreen)
     if target == "drm":
         return DrmSink(source)
-    if target.endswith(("/", os.sep)) or Path(target).is_dir():
+    if _is_dir_target(target):
         return ImageDirSink(Path(target))
     if Path(target).suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSink(Path(target), fps)

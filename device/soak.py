@@ -63,17 +63,19 @@ def soak(config: Config, frames: int, warmup: int) -> str:
                     samples.append((n + 1, rss_mb()))
             wall = time.monotonic() - start
             end = rss_mb()  # before close() gives memory back
-            rows = pipeline.csv.rows_written
         finally:
             pipeline.close()
-    done = pipeline.stats.frames
+        rows = pipeline.csv.rows_written  # after close: the rows that are in the files
+    done, expected = pipeline.stats.frames, pipeline.stats.faces  # one row per face per frame
     base = next((mb for n, mb in samples if n >= warmup), None)
-    lines = [f"soak: {done} frames from {source.uri} (looped), {pipeline.stats.faces} faces, {rows} CSV rows, "
+    lines = [f"soak: {done} frames from {source.uri} (looped), {pipeline.stats.faces} faces, "
              f"{done / wall:.1f} fps, {wall:.0f} s",
+             f"CSV rows written: {rows} of {expected} expected"
+             + ("" if rows == expected else f" ({expected - rows} MISSING)"),
              "frames   RSS MB"] + [f"{n:>6} {mb:>8.1f}" for n, mb in samples]
     if base is None:
         lines.append(f"fewer frames than the warm-up ({warmup}): no growth figure; end RSS {end:.1f} MB")
     else:
-        lines.append(f"RSS after {warmup} warm-up frames: {base:.1f} MB; at the end: {end:.1f} MB; "
+        lines.append(f"RSS start (after {warmup} warm-up frames): {base:.1f} MB; RSS end: {end:.1f} MB; "
                      f"growth {100 * (end - base) / base:+.2f}%")
     return "\n".join(lines)

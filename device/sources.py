@@ -16,7 +16,10 @@ or a glob                   skipped and counted
 
 ``read()`` returns the next :class:`Frame`, or None when a finite source has
 ended.  A live source that fails raises :class:`SourceError`; the caller
-decides whether to reconnect.
+decides whether to reconnect.  A video file whose container states more
+frames than could be read sets ``ended_early``.  Network streams are opened
+and read in a worker thread: a camera that accepts and never answers cannot
+hold up a stop (``stop`` makes the wait return at once).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import glob
 import logging
 import math
 import os
+import queue
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
+STREAM_TIMEOUT_MS = 10_000  # OpenCV's own open/read timeouts for streams (30 s by default): frees stuck workers
 KNOWN = "auto, demo[:N], picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
 
 
@@ -56,6 +62,7 @@ class FrameSource:
     def __init__(self) -> None:
         self.index = 0
         self.skipped = 0  # unreadable frames
+        self.ended_early: tuple[int, int] | None = None  # (frames read, frames the container states)
 
     def read(self) -> Frame | None:
         raise NotImplementedError
@@ -109,6 +116,7 @@ class VideoCaptureSource(FrameSource):
         self._cap = cv2.VideoCapture(target, api)
         if not self._cap.isOpened():
             raise SourceError(f"cannot open {name}")
+        self.stated_frames = 0 if live else int(max(0.0, self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         if live and api != cv2.CAP_GSTREAMER:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
@@ -126,10 +134,94 @@ class VideoCaptureSource(FrameSource):
             ok, image = self._cap.read()
             if ok and image is not None:
                 return self._frame(image)
+        # A count stated by the container, one frame of slack for containers that estimate it.
+        if not self.loop and self.index < self.stated_frames - 1:
+            self.ended_early = (self.index, self.stated_frames)
         return None
 
     def close(self) -> None:
         self._cap.release()
+
+
+class StreamSource(FrameSource):
+    """A network stream, opened and read by a worker thread that a stop can abandon.
+
+    OpenCV's open and read block in native code for up to 30 s on a camera that
+    accepts and never answers, where no signal handler can run.  The worker
+    hands over the newest frame (or the error that ended it); the caller waits
+    in short slices and gives up at once when ``stop`` is set.
+    """
+
+    live = True
+    _OPENED = object()
+
+    def __init__(self, uri: str, name: str, stop: threading.Event | None = None):
+        super().__init__()
+        self.name = name
+        self._stop = stop or threading.Event()
+        self._closed = threading.Event()
+        self._items: queue.Queue = queue.Queue(maxsize=1)
+        self._first = None
+        threading.Thread(target=self._work, args=(uri,), name=f"stream {name}", daemon=True).start()
+        item = self._next()
+        if item is None:
+            self.close()
+            raise SourceError(f"stopped while opening {name}")
+        if isinstance(item, SourceError):
+            raise item
+        if item is not self._OPENED:
+            self._first = item
+
+    def _work(self, uri: str) -> None:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                  STREAM_TIMEOUT_MS]
+        cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        try:
+            if not cap.isOpened():
+                self._put(SourceError(f"cannot open {self.name}"))
+                return
+            self._put(self._OPENED)
+            while not self._closed.is_set():
+                ok, image = cap.read()
+                if not ok or image is None:
+                    self._put(SourceError(f"{self.name} stopped delivering frames"))
+                    return
+                self._put(image)
+        finally:
+            cap.release()
+
+    def _put(self, item) -> None:
+        """Keep only the newest item (the newest frame, not a stale queue); the worker is the only producer."""
+        try:
+            self._items.get_nowait()
+        except queue.Empty:
+            pass
+        self._items.put_nowait(item)
+
+    def _next(self):
+        """The worker's next item; None once ``stop`` is set or the source is closed."""
+        while not self._stop.is_set() and not self._closed.is_set():
+            try:
+                return self._items.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def read(self) -> Frame | None:
+        if self._first is not None:
+            image, self._first = self._first, None
+            return self._frame(image)
+        while True:
+            item = self._next()
+            if item is None:
+                return None  # stopped
+            if isinstance(item, SourceError):
+                raise item
+            if item is not self._OPENED:
+                return self._frame(item)
+
+    def close(self) -> None:
+        self._closed.set()  # the worker releases the capture itself, once OpenCV returns
 
 
 class Picamera2Source(FrameSource):
@@ -259,8 +351,8 @@ def is_live(uri: str) -> bool:
             or ("://" in uri and uri.split("://")[0] in NETWORK_SCHEMES))
 
 
-def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
-    """The one factory: every source string is interpreted here."""
+def open_source(uri: str, cfg: SourceConfig | None = None, stop: threading.Event | None = None) -> FrameSource:
+    """The one factory: every source string is interpreted here.  ``stop`` abandons a network stream's wait."""
     cfg = cfg or SourceConfig()
     if uri == "auto":
         return _first_camera(cfg)
@@ -280,7 +372,7 @@ def open_source(uri: str, cfg: SourceConfig | None = None) -> FrameSource:
     if "!" in uri:
         return VideoCaptureSource(uri, "gstreamer", True, cfg, cv2.CAP_GSTREAMER)
     if "://" in uri and uri.split("://")[0] in NETWORK_SCHEMES:
-        return VideoCaptureSource(uri, uri.split("@")[-1], True, cfg, cv2.CAP_FFMPEG)
+        return StreamSource(uri, uri.split("@")[-1], stop)
     images = _image_paths(uri)
     if images is not None:
         if not images:

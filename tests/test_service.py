@@ -145,7 +145,7 @@ def csv_rows(*paths: Path) -> list[dict]:
     rows = []
     for path in paths:
         with open(path, newline="") as f:
-            assert f.read().count("timestamp,frame") == 1, f"{path}: not exactly one header"
+            assert f.read().count("timestamp,run,frame") == 1, f"{path}: not exactly one header"
         with open(path, newline="") as f:
             part = list(csv.DictReader(f))
         assert all(None not in r and None not in r.values() for r in part), f"{path}: a malformed row"
@@ -342,7 +342,7 @@ def test_camera_that_fails_is_reconnected(tmp_path, tflite_model, face_models, m
     opened: list[FlakyCamera] = []
     plan = iter([5, "missing", None])  # 5 frames, then unplugged; the first retry finds nothing
 
-    def fake_open(uri, cfg=None):
+    def fake_open(uri, cfg=None, stop=None):
         step = next(plan)
         if step == "missing":
             raise SourceError("cannot open /dev/video7")
@@ -371,7 +371,7 @@ def test_camera_that_fails_is_reconnected(tmp_path, tflite_model, face_models, m
 def test_camera_missing_at_start_is_waited_for(tmp_path, tflite_model, face_models, monkeypatch):
     attempts = []
 
-    def fake_open(uri, cfg=None):
+    def fake_open(uri, cfg=None, stop=None):
         attempts.append(uri)
         if len(attempts) < 3:
             raise SourceError("no camera found")
@@ -389,7 +389,7 @@ def test_camera_missing_at_start_is_waited_for(tmp_path, tflite_model, face_mode
 
 
 def test_camera_that_never_returns_gives_up(tflite_model, face_models, monkeypatch):
-    def fake_open(uri, cfg=None):
+    def fake_open(uri, cfg=None, stop=None):
         raise SourceError("cannot open /dev/video7")
 
     monkeypatch.setattr(pipeline_mod, "open_source", fake_open)
@@ -400,7 +400,7 @@ def test_camera_that_never_returns_gives_up(tflite_model, face_models, monkeypat
 
 def test_reload_swaps_the_model_and_a_broken_one_keeps_the_running_one(tmp_path, tflite_model, face_models,
                                                                         monkeypatch):
-    monkeypatch.setattr(pipeline_mod, "open_source", lambda uri, cfg=None: FlakyCamera(None))
+    monkeypatch.setattr(pipeline_mod, "open_source", lambda uri, cfg=None, stop=None: FlakyCamera(None))
     notifier = Recorder()
     pipe = pipeline_mod.Pipeline(config_for(tflite_model, tmp_path / "rows.csv"), notifier)
     try:
@@ -443,7 +443,7 @@ def test_full_disk_keeps_the_pipeline_running_and_loses_no_row(tmp_path, tflite_
 
     disk = FullDisk()
     monkeypatch.setattr(csvlog, "os", disk)
-    monkeypatch.setattr(pipeline_mod, "open_source", lambda uri, cfg=None: FlakyCamera(None))
+    monkeypatch.setattr(pipeline_mod, "open_source", lambda uri, cfg=None, stop=None: FlakyCamera(None))
     out = tmp_path / "rows.csv"
     pipe = pipeline_mod.Pipeline(config_for(tflite_model, out), Recorder())
     try:
@@ -512,7 +512,7 @@ def test_unit_declares_what_the_issue_asks():
               "PrivateTmp": "yes", "NoNewPrivileges": "yes", "DevicePolicy": "closed",
               "SupplementaryGroups": "video render", "StateDirectory": "emotion-device",
               "LogsDirectory": "emotion-device", "ConfigurationDirectory": "emotion-device",
-              "RestartPreventExitStatus": "78"}
+              "RestartPreventExitStatus": "78 73"}
     for key, value in expect.items():
         assert settings.get(key) == [value], key
     assert {"char-video4linux rw", "char-media rw", "char-dma_heap rw", "char-drm rw"} <= set(settings["DeviceAllow"])
