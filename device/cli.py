@@ -17,6 +17,7 @@ from device import config as cfgmod
 from device.errors import DeviceError
 
 log = logging.getLogger("device")
+QUIET_COMMANDS = ("run", "bench", "soak")  # the ones that load LiteRT and MediaPipe (and spawn no pip)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,8 @@ def overrides(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m device", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the native libraries' INFO and WARNING lines (hidden otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (camera -> faces -> emotions -> screen and/or CSV)")
     add_config_flags(run)
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--warmup", type=int, default=500,
                       help="frames before the start RSS is taken (default: 500)")
     models = sub.add_parser("models", help="provision the face-detection models (pinned sha256)")
-    models.add_argument("--dir", default="models", help="destination folder (default: models)")
+    models.add_argument("--face-models", "--dir", dest="dir", default="auto",
+                        help="destination folder (default: auto, the folder `run` reads: $EMOTION_DEVICE_FACE_MODELS, "
+                             "a checkout's models/, else this installation's data folder)")
     models.add_argument("--wheel", help="take the models from this local mediapipe 0.10.21 wheel")
     models.add_argument("--offline", action="store_true", help="skip the official location; use the package index")
     from device.install import add_install_parser
@@ -127,6 +131,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose and args.command in QUIET_COMMANDS:
+        from device.native import quiet_native_logs
+        quiet_native_logs()
     # Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for journal-bound stderr).
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
