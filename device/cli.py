@@ -1,4 +1,4 @@
-"""``python -m device {run,bench,soak,models,install-service}``: the on-device program.
+"""``python -m device {run,bench,soak,models,report,install-service}``: the on-device program.
 
 Options come from a TOML file (``--config``) and flags, flags winning.  Every
 failure the user can act on is one line on stderr and an exit code
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "a checkout's models/, else this installation's data folder)")
     models.add_argument("--wheel", help="take the models from this local mediapipe 0.10.21 wheel")
     models.add_argument("--offline", action="store_true", help="skip the official location; use the package index")
+    report = sub.add_parser("report", help="plots and an HTML summary of CSV logs (rotated, several runs)")
+    report.add_argument("logs", nargs="+", metavar="LOG", help="CSV logs, or folders of rotated logs")
+    report.add_argument("--out", required=True, help="folder for index.html and the PNG plots")
+    report.add_argument("--tracks", type=int, default=12, help="tracks in the timeline plot: the longest (default: 12)")
     from device.install import add_install_parser
     add_install_parser(sub)
     return parser
@@ -122,6 +126,12 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from device.report import report
+    print(report(args.logs, args.out, max(1, args.tracks)))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from device.facemodels import provision
     for path in provision(args.dir, args.wheel, online=not args.offline):
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models,
+    commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models, "report": cmd_report,
                 "install-service": cmd_install_service}
     try:
         return commands[args.command](args)
