@@ -30,6 +30,7 @@ from device.errors import DeviceError, SourceError
 from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
+from device.progress import Progress
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
 from device.tracker import Tracker
@@ -97,6 +98,7 @@ class Pipeline:
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
         self.sink: Sink | None = None
+        self.progress: Progress | None = None  # the terminal's progress line during run()
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
@@ -228,6 +230,7 @@ class Pipeline:
         max_frames = self.config.run.max_frames
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
+        progress = self.progress = self._progress()
         while not self._stop.is_set() and not self._quit:
             if max_frames is not None and self.stats.frames >= max_frames:
                 break
@@ -237,6 +240,7 @@ class Pipeline:
             result = self.step()
             if result is None:
                 break
+            progress.update(self.stats.frames)
             if first:  # model and camera up, first frame processed
                 self.notifier.ready()
                 first = False
@@ -245,7 +249,15 @@ class Pipeline:
                 log.info("%s", line)
                 self.notifier.status(line)
                 next_stats = time.monotonic() + self.config.run.stats_interval
+        progress.close()
         return self.stats
+
+    def _progress(self) -> Progress:
+        """Frames done of a file's total, on a terminal only (device.progress); cameras get none."""
+        total = self.source.total if self.source is not None else None
+        if total is not None and self.config.run.max_frames is not None:
+            total = min(total, self.config.run.max_frames)
+        return Progress(total, " frames", "", enabled=False if total is None else None)
 
     def health_line(self) -> str:
         s = self.stats
@@ -310,6 +322,6 @@ class Pipeline:
         return csv
 
     def close(self) -> None:
-        for part in (self.sink, self.source, self.detector, self.csv):
+        for part in (self.progress, self.sink, self.source, self.detector, self.csv):
             if part is not None:
                 part.close()

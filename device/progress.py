@@ -33,10 +33,10 @@ class Progress:
     def __init__(self, total: float | None, unit: str = "", label: str = "", interval: float = 0.5,
                  stream: TextIO | None = None, enabled: bool | None = None, scale: float = 1.0):
         self.total, self.unit, self.label, self.interval, self.scale = total, unit, label, interval, scale
-        self.stream = stream or sys.stderr  # stdout stays for results
+        self.stream = stream or sys.stdout  # the terminal that wanted() checked; erased before results print
         self.enabled = wanted() if enabled is None else enabled
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = float("-inf")  # the first update draws at once
         self._shown = False
 
     def line(self, done: float, now: float | None = None) -> str:
