@@ -139,16 +139,21 @@ class _Clock:
         return self._minute + seconds, int(self._minute // 60)
 
 
-def _rows(files: list[Path], progress: Progress, done: int = 0) -> Iterator[tuple[Path, bool, list[str]]]:
+def _readers(files: list[Path], progress: Progress, done: int = 0) -> Iterator[tuple[int, Iterator[list[str]]]]:
+    """(column shift: 1 with a run column, else 0, csv rows) per file, with progress by bytes read."""
     for path in files:
         has_run, _ = read_header(path)
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             reader = csv.reader(f)
             next(reader, None)
-            for i, row in enumerate(reader):
-                if i % 20000 == 0:
-                    progress.update(done + f.buffer.tell())
-                yield path, has_run, row
+
+            def rows() -> Iterator[list[str]]:
+                for i, row in enumerate(reader):
+                    if not i & 0x3FFF:
+                        progress.update(done + f.buffer.tell())
+                    yield row
+
+            yield (1 if has_run else 0), rows()
         done += path.stat().st_size
 
 
@@ -164,9 +169,9 @@ def tally(paths: list[str | Path], tracks: int = TIMELINE_TRACKS, show_progress:
     total = 2 * sum(f.stat().st_size for f in files)
     progress = Progress(total, " MB", "report: ", enabled=show_progress, scale=1e6)
     try:
-        _first_pass(result, _rows(files, progress))
+        _first_pass(result, _readers(files, progress))
         longest = {key for key, _ in result.track_rows.most_common(tracks)}
-        _second_pass(result, _rows(files, progress, total // 2), longest)
+        _second_pass(result, _readers(files, progress, total // 2), longest)
     finally:
         progress.close()
     if not result.rows:
@@ -176,79 +181,101 @@ def tally(paths: list[str | Path], tracks: int = TIMELINE_TRACKS, show_progress:
     return result
 
 
-def _first_pass(t: Tally, rows: Iterator[tuple[Path, bool, list[str]]]) -> None:
-    n_labels = len(t.labels)
+class _Frames:
+    """Per-frame state shared by the rows of one frame: time, minute, and where runs start.
+
+    A run starts where the run column changes or, without one, where the frame number goes back."""
+
+    def __init__(self):
+        self.clock = _Clock()
+        self.key = None  # (timestamp, run, frame) of the current frame
+        self.frame = -1
+        self.run_id: str | None = None
+        self.runs = 0
+        self.now, self.minute = 0.0, 0
+        self.new_run = False
+
+    def update(self, row: list[str], shift: int) -> None:
+        """Called when a row's frame differs from the last one; ValueError/IndexError on a bad row."""
+        frame = int(row[1 + shift])
+        now, minute = self.clock(row[0])
+        run_id = row[1] if shift else None
+        self.new_run = self.runs == 0 or (run_id != self.run_id if shift else frame < self.frame)
+        self.runs += self.new_run
+        self.frame, self.run_id, self.now, self.minute = frame, run_id, now, minute
+        self.key = (row[0], row[1], row[1 + shift])
+
+
+def _first_pass(t: Tally, readers: Iterator[tuple[int, Iterator[list[str]]]]) -> None:
     index = {label: i for i, label in enumerate(t.labels)}
-    clock = _Clock()
+    frames = _Frames()
     run: Run | None = None
-    prev_frame, prev_run_id = -1, None
-    minute, minute_set = None, set()
-    for path, has_run, row in rows:
-        try:
-            stamp = row[0]
-            shift = 1 if has_run else 0
-            frame = int(row[1 + shift])
-            track = row[3 + shift]
-            label = index[row[8 + shift]]
-            now, row_minute = clock(stamp)
-        except (IndexError, ValueError, KeyError):
-            if row and row[0] == "timestamp":  # a header of a file appended with cat
+    run_counts: list[int] = []
+    minute, minute_set, counts = None, set(), None
+    for shift, rows in readers:
+        for row in rows:
+            try:
+                if (row[0], row[1], row[1 + shift]) != frames.key:
+                    frames.update(row, shift)
+                    if frames.new_run:
+                        if run is not None:
+                            run.counts.update(dict(enumerate(run_counts)))
+                        run = Run(name=frames.run_id or row[0], first_frame=frames.frame, start=frames.now)
+                        run_counts = [0] * len(t.labels)
+                        t.runs.append(run)
+                    run.start, run.end = min(run.start, frames.now), max(run.end, frames.now)
+                    run.last_frame = max(run.last_frame, frames.frame)
+                    if frames.minute != minute:
+                        if minute is not None:
+                            t.minute_tracks[minute] += len(minute_set)
+                        minute, minute_set = frames.minute, set()
+                        counts = t.minute_counts.setdefault(minute, [0] * len(t.labels))
+                track = row[3 + shift]
+                label = index[row[8 + shift]]
+            except (IndexError, ValueError, KeyError):
+                if row and row[0] != "timestamp":  # not a header of a file appended with cat
+                    t.bad_rows += 1
                 continue
-            t.bad_rows += 1
-            continue
-        run_id = row[1] if has_run else None
-        if run is None or (run_id != prev_run_id if has_run else frame < prev_frame):
-            run = Run(name=run_id or stamp, first_frame=frame)
-            t.runs.append(run)
-        prev_frame, prev_run_id = frame, run_id
-        run_key = len(t.runs) - 1
-        run.start, run.end = min(run.start, now), max(run.end, now)
-        run.last_frame = max(run.last_frame, frame)
-        run.faces += 1
-        run.tracks.add(track)
-        run.counts[label] += 1
-        t.rows += 1
-        t.track_rows[(run_key, track)] += 1
-        counts = t.minute_counts.get(row_minute)
-        if counts is None:
-            counts = t.minute_counts[row_minute] = np.zeros(n_labels, dtype=np.int64)
-        counts[label] += 1
-        if row_minute != minute:
-            if minute is not None:
-                t.minute_tracks[minute] += len(minute_set)
-            minute, minute_set = row_minute, set()
-        minute_set.add((run_key, track))
+            key = (frames.runs - 1, track)
+            run.faces += 1
+            run.tracks.add(track)
+            run_counts[label] += 1
+            counts[label] += 1
+            t.track_rows[key] += 1
+            minute_set.add(key)
+    if run is not None:
+        run.counts.update(dict(enumerate(run_counts)))
     if minute is not None:
         t.minute_tracks[minute] += len(minute_set)
+    t.rows = sum(r.faces for r in t.runs)
+    t.minute_counts = {m: np.array(c, dtype=np.int64) for m, c in t.minute_counts.items()}
 
 
-def _second_pass(t: Tally, rows: Iterator[tuple[Path, bool, list[str]]], wanted: set) -> None:
+def _second_pass(t: Tally, readers: Iterator[tuple[int, Iterator[list[str]]]], wanted: set) -> None:
     """The label changes of the wanted tracks: [start, end, class] segments."""
     index = {label: i for i, label in enumerate(t.labels)}
-    clock = _Clock()
-    run_key, prev_frame, prev_run_id, started = -1, -1, None, False
-    for path, has_run, row in rows:
-        try:
-            shift = 1 if has_run else 0
-            frame = int(row[1 + shift])
-            track = row[3 + shift]
-            label = index[row[8 + shift]]
-            now, _ = clock(row[0])
-        except (IndexError, ValueError, KeyError):
-            continue
-        run_id = row[1] if has_run else None
-        if not started or (run_id != prev_run_id if has_run else frame < prev_frame):
-            run_key += 1  # the same run boundaries as the first pass
-            started = True
-        prev_frame, prev_run_id = frame, run_id
-        key = (run_key, track)
-        if key not in wanted:
-            continue
-        segments = t.timelines.setdefault(key, [])
-        if segments and segments[-1][2] == label and now - segments[-1][1] < 5.0:
-            segments[-1][1] = now
-        else:
-            segments.append([now, now, label])
+    frames = _Frames()
+    wanted_tracks = {track for _, track in wanted}
+    for shift, rows in readers:
+        for row in rows:
+            try:
+                if (row[0], row[1], row[1 + shift]) != frames.key:
+                    frames.update(row, shift)
+                track = row[3 + shift]
+                if track not in wanted_tracks:
+                    continue
+                key = (frames.runs - 1, track)
+                if key not in wanted:
+                    continue
+                label = index[row[8 + shift]]
+            except (IndexError, ValueError, KeyError):
+                continue
+            now = frames.now
+            segments = t.timelines.setdefault(key, [])
+            if segments and segments[-1][2] == label and now - segments[-1][1] < 5.0:
+                segments[-1][1] = now
+            else:
+                segments.append([now, now, label])
 
 
 # -- plots and page ----------------------------------------------------------------------------------

@@ -62,12 +62,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the generated log (default: 1000000)")
     parser.add_argument("--keep", help="write the log and the report here instead of a temporary folder")
+    parser.add_argument("--log", help="time the report on this log instead of a generated one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        log = folder / "month.csv"
-        rows = write_log(log, args.rows)
+        log = Path(args.log) if args.log else folder / "month.csv"
+        if args.log:
+            rows = sum(1 for _ in open(log, "rb")) - 1
+        else:
+            rows = write_log(log, args.rows)
         print(f"log: {rows:,} rows, {log.stat().st_size / 1e6:.0f} MB")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "device", "report", str(log), "--out", str(folder / "report")],
