@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 from device import config as cfgmod
@@ -90,7 +91,7 @@ def package_spec() -> str:
     except importlib.metadata.PackageNotFoundError:
         raise DeviceError(f"{DISTRIBUTION} is not installed here; give --package WHEEL") from None
     url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    if url.startswith("file://") and Path(url[7:]).is_file():
+    if url.startswith("file://") and Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).is_file():
         return f"{DISTRIBUTION}[device] @ {url}"
     return f"{DISTRIBUTION}[device]=={dist.version}"
 

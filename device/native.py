@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # What LiteRT, MediaPipe and absl/glog print at INFO and WARNING level: "INFO: Created TensorFlow Lite
 # XNNPACK delegate", "INFO: [accelerator_registry.cc:43] DestroyAccelerator", "WARNING: Logging before
 # InitGoogle()", "W0000 00:00:... inference_runner_litert.cc] Input tensor memory is not aligned".
+_quiet = False
 CHATTER = re.compile(rb"^(?:(?:INFO|WARNING|VERBOSE)\b|[IW]\d{4} )")
 
 
@@ -29,10 +30,14 @@ def quiet_native_logs() -> None:
     and Python's own ``sys.stderr`` writes to the real stderr directly.  Exceptions ignored in
     ``__del__`` (MediaPipe's, on error exits) go to the debug log.  Call it before logging is set up.
     """
+    global _quiet
+    if _quiet:  # once per process
+        return
     try:
         real_fd = os.dup(2)
     except OSError:  # no stderr at all
         return
+    _quiet = True
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)

@@ -100,3 +100,8 @@ def test_installed_wheel_installs_the_service(installed, tmp_path):
     models = root / "var/lib/emotion-device/models"
     assert (models / "emotion_fer2013.tflite").read_bytes() == (ROOT / "models/emotion_fer2013.tflite").read_bytes()
     assert (models / "emotion_fer2013.json").is_file()
+    # What the service's venv would get: the wheel file this venv was installed from.
+    spec = sh(installed / "python", "-c", "from device.install import package_spec; print(package_spec())",
+              cwd=tmp_path, env=clean_env())
+    wheel_url = r"edge-emotion\[device\] @ file:///.*/edge_emotion-[\d.]+-py3-none-any\.whl"
+    assert re.fullmatch(wheel_url, spec.stdout.strip()), spec.stdout + spec.stderr
