@@ -1,7 +1,7 @@
 """``python -m device install-service``: the systemd service, its user, venv, config and models.
 
-Run it as root, from a checkout or from an installed wheel.  Every step can run again (a re-install updates the code, the unit
-and the models, and keeps an edited config):
+Run it as root, from a checkout or from an installed wheel.  Every step can run again (a re-install
+updates the code, the unit and the models, and keeps an edited config):
 
 1. the groups ``video`` and ``render``, and the system user ``emotion-device`` in them;
 2. a venv in /opt/emotion-device/venv holding this project with its ``[device]`` extra (from a checkout:
