@@ -303,22 +303,26 @@ def plot_all(t: Tally, out: Path) -> dict[str, Path]:
         os.replace(tmp, out / f"{name}.png")
         written[name] = out / f"{name}.png"
 
-    # each track's emotion over time: one row per track, coloured by the shown class
+    # each track's emotion over time: one row per track, coloured by the shown class, each from its own
+    # start (tracks minutes long in a month-long log would be slivers on a shared time axis)
     keys = sorted(t.timelines, key=lambda k: t.timelines[k][0][0])
+    longest = max(t.timelines[k][-1][1] - t.timelines[k][0][0] for k in keys)
+    unit, per = ("min", 60.0) if longest > 120 else ("s", 1.0)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(keys) + 1.6))
     for row, key in enumerate(keys):
+        t0 = t.timelines[key][0][0]
         for k in range(len(t.labels)):
-            bars = [(s, max(e - s, 0.5)) for s, e, c in t.timelines[key] if c == k]
+            bars = [((s - t0) / per, max(e - s, 0.5) / per) for s, e, c in t.timelines[key] if c == k]
             if bars:
-                ax.broken_barh([(s / 86400.0, d / 86400.0) for s, d in bars],
-                               (row - 0.4, 0.8), color=colors[k % 10])
-    ax.set_yticks(range(len(keys)), [f"run {r + 1} track {tr}" for r, tr in keys])
+                ax.broken_barh(bars, (row - 0.4, 0.8), color=colors[k % 10])
+    ax.set_yticks(range(len(keys)), [f"run {r + 1} track {tr}, {_stamp(t.timelines[(r, tr)][0][0])[:16]}"
+                                     for r, tr in keys], fontsize=8)
+    ax.set_xlabel(f"{unit} since the track appeared")
+    ax.set_xlim(left=0)
     ax.set_title(f"Emotion over time: the {len(keys)} longest tracks" if len(t.track_rows) > len(keys)
                  else "Emotion over time, per track")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colors[k % 10]) for k in range(len(t.labels))],
               labels=list(t.labels), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.xaxis_date()
-    fig.autofmt_xdate()
     save(fig, "tracks")
 
     # share of each class per minute, or per hour for long logs
