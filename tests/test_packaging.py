@@ -105,3 +105,30 @@ def test_installed_wheel_installs_the_service(installed, tmp_path):
               cwd=tmp_path, env=clean_env())
     wheel_url = r"edge-emotion\[device\] @ file:///.*/edge_emotion-[\d.]+-py3-none-any\.whl"
     assert re.fullmatch(wheel_url, spec.stdout.strip()), spec.stdout + spec.stderr
+
+
+def test_face_model_folder_precedence(monkeypatch, tmp_path):
+    from device import locations
+
+    monkeypatch.delenv(locations.FACE_MODELS_ENV, raising=False)
+    assert locations.face_models_dir("some/dir") == Path("some/dir")  # the flag first
+    assert locations.face_models_dir() == ROOT / "models"  # a checkout's models/
+    monkeypatch.setenv(locations.FACE_MODELS_ENV, str(tmp_path / "env"))
+    assert locations.face_models_dir() == tmp_path / "env"  # then the environment variable
+    assert locations.face_models_dir(str(tmp_path / "flag")) == tmp_path / "flag"
+    monkeypatch.delenv(locations.FACE_MODELS_ENV)
+    monkeypatch.setattr(locations, "is_checkout", lambda: False)  # as from an installed wheel
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert locations.face_models_dir() == tmp_path / "venv/share/emotion-device/models"
+    monkeypatch.setattr(sys, "prefix", "/usr")  # no venv: the user's XDG data folder
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert locations.face_models_dir() == tmp_path / "xdg/emotion-device/models"
+
+
+def test_checkout_finds_the_bundled_files():
+    from device import config, locations
+
+    assert locations.is_checkout()
+    assert Path(config.DEFAULT_MODEL) == ROOT / "models" / "emotion_fer2013.tflite"
+    assert (locations.templates() / "emotion-device.service").is_file()
