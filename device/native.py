@@ -13,12 +13,13 @@ import threading
 from typing import Iterator
 
 log = logging.getLogger(__name__)
+_quiet = False  # quiet_native_logs() ran
 
 # What LiteRT, MediaPipe and absl/glog print at INFO and WARNING level: "INFO: Created TensorFlow Lite
 # XNNPACK delegate", "INFO: [accelerator_registry.cc:43] DestroyAccelerator", "WARNING: Logging before
-# InitGoogle()", "W0000 00:00:... inference_runner_litert.cc] Input tensor memory is not aligned".
-_quiet = False
-CHATTER = re.compile(rb"^(?:(?:INFO|WARNING|VERBOSE)\b|[IW]\d{4} )")
+# InitGoogle()", "W0000 00:00:... inference_runner_litert.cc] Input tensor memory is not aligned"; and
+# OpenCV's "[ WARN:0@3.5] global cap.cpp:212 open VIDEOIO(V4L2): ...".
+CHATTER = re.compile(rb"^(?:(?:INFO|WARNING|VERBOSE)\b|[IW]\d{4} |\[ ?(?:INFO|WARN):)")
 
 
 def quiet_native_logs() -> None:

@@ -31,7 +31,11 @@ def sh(*args, cwd: Path, env: dict | None = None, timeout: float = 900) -> subpr
 def installed(tmp_path_factory) -> Path:
     """A venv holding the wheel with [device]; returns its bin/ folder."""
     tmp = tmp_path_factory.mktemp("wheel")
-    built = sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", ROOT, cwd=tmp)
+    # A clean copy: setuptools builds in the source tree, and a stale build/ there could leak into the wheel.
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache", "face_detection_*"))
+    built = sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", source, cwd=tmp)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp / "dist").glob("edge_emotion-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -41,3 +41,22 @@ def test_verbose_shows_the_native_lines(tmp_path):
     result = run("-v", "run", "--source", "demo", "--max-frames", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if not OWN.match(line)] != []
+
+
+def test_filter_drops_info_and_warning_lines_only():
+    from device.native import CHATTER
+
+    dropped = [b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+               b"INFO: [accelerator_registry.cc:43] DestroyAccelerator: ptr=0x55e8321a9690, name=NpuAccelerator",
+               b"WARNING: Logging before InitGoogle() is written to STDERR",
+               b"W0000 00:00:1796192858.425483    4430 inference_runner_litert.cc:1433] Input tensor memory is not",
+               b"I0000 00:00:1796192858.425483    4430 gl_context.cc:357] GL version: 3.2",
+               b"[ WARN:0@3.507] global cap.cpp:212 open VIDEOIO(V4L2): backend is generally available"]
+    kept = [b"E0000 00:00:1796192858.425483    4430 calculator_graph.cc:887] INTERNAL: graph failed",
+            b"F0000 00:00:1796192858.425483    4430 check failed",
+            b"ERROR: failed to allocate tensors",
+            b"[ERROR:0@1.2] global persistence.cpp:512 open can't open file",
+            b"Fatal Python error: Segmentation fault",
+            b"INFORMATION without a colon is not the native format"]
+    assert [line for line in dropped if not CHATTER.match(line)] == []
+    assert [line for line in kept if CHATTER.match(line)] == []
