@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from device.errors import ModelError
-from device.locations import AUTO, face_models_dir
+from device.locations import AUTO, FACE_MODELS_ENV, face_models_dir
 from device.manifest import write_atomic
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ def provision(models_dir: str | Path = AUTO, wheel: str | None = None, online: b
     for name, data in fetched.items():
         if _sha256(data) != FACE_MODELS[name]:
             raise ModelError(f"{name}: checksum mismatch ({_sha256(data)}), refusing to install it")
-        write_atomic(models_dir / name, data)
+        try:
+            write_atomic(models_dir / name, data)
+        except OSError as exc:  # e.g. a root-owned venv
+            raise ModelError(f"cannot write {models_dir / name}: {exc.strerror or exc}; choose another folder "
+                             f"with --face-models DIR or ${FACE_MODELS_ENV} (run reads the same)") from None
         log.info("%s: installed, checksum ok", models_dir / name)
     return [models_dir / name for name in FACE_MODELS]

@@ -136,3 +136,18 @@ def test_checkout_finds_the_bundled_files():
     assert locations.is_checkout()
     assert Path(config.DEFAULT_MODEL) == ROOT / "models" / "emotion_fer2013.tflite"
     assert (locations.templates() / "emotion-device.service").is_file()
+
+
+def test_unwritable_face_model_folder_is_one_clear_error(monkeypatch, tmp_path):
+    from device import facemodels
+    from device.errors import ModelError
+
+    real = {name: (ROOT / "models" / name).read_bytes() for name in FACE_MODELS}
+    monkeypatch.setattr(facemodels, "_from_wheel", lambda names, wheel: {n: real[n] for n in names})
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder would go")
+    with pytest.raises(ModelError, match=r"cannot write .*file/models/face_detection.*--face-models DIR or "
+                                         r"\$EMOTION_DEVICE_FACE_MODELS"):
+        facemodels.provision(blocker / "models", wheel="local.whl")
+    assert facemodels.provision(tmp_path / "ok", wheel="local.whl") == [tmp_path / "ok" / n for n in FACE_MODELS]
+    assert all((tmp_path / "ok" / n).read_bytes() == real[n] for n in FACE_MODELS)
