@@ -41,7 +41,11 @@ PLOTS = ("tracks", "shares", "faces", "distribution")
 
 
 class ReportError(DeviceError):
-    exit_code = 65  # EX_DATAERR
+    exit_code = 65  # EX_DATAERR; 73 (EX_CANTCREAT) when the output cannot be written
+
+    def __init__(self, message: str, exit_code: int = 65):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -423,8 +427,11 @@ def report(paths: list[str | Path], out: str | Path, tracks: int = TIMELINE_TRAC
     out = Path(out)
     files = log_files(paths)
     t = tally(files, tracks, show_progress)
-    plots = plot_all(t, out)
     page = out / "index.html"
-    write_atomic(page, render_html(t, files, plots).encode())
+    try:
+        plots = plot_all(t, out)
+        write_atomic(page, render_html(t, files, plots).encode())
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}", 73) from None
     log.info("%d runs, %d rows, %d tracks: %s", len(t.runs), t.rows, len(t.track_rows), page)
     return page

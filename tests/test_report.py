@@ -133,3 +133,14 @@ def test_logs_with_other_classes_are_refused(tmp_path):
     b.write_text(",".join(FIXED + ["p_neg", "p_pos"]) + "\n")
     with pytest.raises(ReportError, match="other classes"):
         tally([a, b], show_progress=False)
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path):
+    log = tmp_path / "log.csv"
+    write(log, range(0, 5), T0)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder would go")
+    result = subprocess.run([sys.executable, "-m", "device", "report", str(log), "--out", str(blocker / "out")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 73
+    assert result.stderr.strip().splitlines() == [f"error: cannot write the report to {blocker / 'out'}: Not a directory"]
