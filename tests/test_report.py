@@ -143,4 +143,5 @@ def test_unwritable_output_is_one_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "device", "report", str(log), "--out", str(blocker / "out")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 73
-    assert result.stderr.strip().splitlines() == [f"error: cannot write the report to {blocker / 'out'}: Not a directory"]
+    expected = f"error: cannot write the report to {blocker / 'out'}: Not a directory"
+    assert result.stderr.strip().splitlines() == [expected]
