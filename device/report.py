@@ -378,7 +378,8 @@ def plot_all(t: Tally, out: Path) -> dict[str, Path]:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    days = f"{seconds // 86400} d " if seconds >= 86400 else ""
+    return f"{days}{seconds // 3600 % 24}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _stamp(seconds: float) -> str:
