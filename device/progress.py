@@ -45,7 +45,7 @@ class Progress:
         count = f"{done / self.scale:,.0f}"
         if self.total:
             count += f"/{self.total / self.scale:,.0f}{self.unit} ({100 * done / self.total:.0f}%)"
-            eta = f", ETA {_clock((self.total - done) / rate)}" if rate > 0 else ""
+            eta = f", ETA {_clock(max(self.total - done, 0) / rate)}" if rate > 0 else ""  # counts can be estimates
         else:
             count += self.unit
             eta = ""
