@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="metrics of a .tflite in LiteRT on a labelled folder (no TensorFlow needed)")
     ev.add_argument("--model", required=True, help="the .tflite (its NAME.json manifest beside it)")
-    ev.add_argument("--data", required=True, help="labelled class-per-folder data (DATA/val when it has one)")
+    ev.add_argument("--data", required=True, help="labelled class-per-folder data (DATA/val when it has one); its "
+                    "classes may be a subset of the model's (metrics over those present)")
     ev.add_argument("--keras", metavar="MODEL", help="also run this Keras model (run directory or model.keras) and"
                                                     " report top-1 agreement; needs TensorFlow")
     ev.add_argument("--json", metavar="OUT", help="write all metrics to this JSON file")

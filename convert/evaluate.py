@@ -21,7 +21,7 @@ from device.classifier import open_checked
 from device.errors import ModelError
 from device.runtime import Runtime, to_input, to_probs
 from training import report
-from training.data import Dataset, load_folder
+from training.data import Dataset, load_folder_for
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def labelled_folder(data: str | Path) -> Path:
 
 
 def load_labelled(data: str | Path, manifest: mf.Manifest) -> Dataset:
-    """Model-size images of a class-per-folder tree whose classes must be the model's."""
-    return load_folder(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
+    """Model-size images of a class-per-folder tree whose classes are the model's or some of them."""
+    return load_folder_for(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
 
 
 def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:

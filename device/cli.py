@@ -1,4 +1,4 @@
-"""``python -m device {run,bench,soak,models,install-service}``: the on-device program.
+"""``python -m device {run,bench,soak,models,report,install-service}``: the on-device program.
 
 Options come from a TOML file (``--config``) and flags, flags winning.  Every
 failure the user can act on is one line on stderr and an exit code
@@ -18,6 +18,7 @@ from device import config as cfgmod
 from device.errors import DeviceError
 
 log = logging.getLogger("device")
+QUIET_COMMANDS = ("run", "bench", "soak")  # the ones that load LiteRT and MediaPipe (and spawn no pip)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,8 @@ def overrides(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m device", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the native libraries' INFO and WARNING lines (hidden otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (camera -> faces -> emotions -> screen and/or CSV)")
     add_config_flags(run)
@@ -66,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--warmup", type=int, default=500,
                       help="frames before the start RSS is taken (default: 500)")
     models = sub.add_parser("models", help="provision the face-detection models (pinned sha256)")
-    models.add_argument("--dir", default="models", help="destination folder (default: models)")
+    models.add_argument("--face-models", "--dir", dest="dir", default="auto",
+                        help="destination folder (default: auto, the folder `run` reads: $EMOTION_DEVICE_FACE_MODELS, "
+                             "a checkout's models/, else this installation's data folder)")
     models.add_argument("--wheel", help="take the models from this local mediapipe 0.10.21 wheel")
     models.add_argument("--offline", action="store_true", help="skip the official location; use the package index")
+    report = sub.add_parser("report", help="plots and an HTML summary of CSV logs (rotated, several runs)")
+    report.add_argument("logs", nargs="+", metavar="LOG", help="CSV logs, or folders of rotated logs")
+    report.add_argument("--out", required=True, help="folder for index.html and the PNG plots")
+    report.add_argument("--tracks", type=int, default=12, help="tracks in the timeline plot: the longest (default: 12)")
     from device.install import add_install_parser
     add_install_parser(sub)
     return parser
@@ -130,6 +138,12 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from device.report import report
+    print(report(args.logs, args.out, max(1, args.tracks)))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from device.facemodels import provision
     for path in provision(args.dir, args.wheel, online=not args.offline):
@@ -142,11 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         from device import service
         service.signals()
     args = build_parser().parse_args(argv)
+    if not args.verbose and args.command in QUIET_COMMANDS:
+        from device.native import quiet_native_logs
+        quiet_native_logs()
     # Under systemd the journal stamps every line itself (JOURNAL_STREAM is set for journal-bound stderr).
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models,
+    commands = {"run": cmd_run, "bench": cmd_bench, "soak": cmd_soak, "models": cmd_models, "report": cmd_report,
                 "install-service": cmd_install_service}
     try:
         return commands[args.command](args)

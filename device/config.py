@@ -21,8 +21,9 @@ else:  # Python 3.10 (Jetson)
     import tomli as tomllib
 
 from device.errors import ConfigError
+from device.locations import FACE_MODELS_ENV, default_model
 
-DEFAULT_MODEL = "models/emotion_fer2013.tflite"
+DEFAULT_MODEL = str(default_model())  # package data in a wheel, models/ in a checkout
 
 
 def opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
@@ -47,7 +48,9 @@ class DetectorConfig:
                      choices=("auto", "full", "short"))
     min_confidence: float = opt(0.5, "minimum face detection score", "--min-confidence", low=0.0, high=1.0)
     tiles: int = opt(1, "also detect on NxN overlapping tiles, for crowds in large frames", "--tiles", low=1, high=8)
-    models_dir: str = opt("models", "folder of the face-detection models (python -m device models)", "--face-models")
+    models_dir: str = opt("auto", "folder of the face-detection models (python -m device models); auto: "
+                          f"${FACE_MODELS_ENV}, a checkout's models/, else this installation's data folder",
+                          "--face-models")
 
 
 @dataclass

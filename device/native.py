@@ -2,10 +2,81 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import faulthandler
+import logging
 import os
+import re
 import sys
+import threading
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+_quiet = False  # quiet_native_logs() ran
+
+# What LiteRT, MediaPipe and absl/glog print at INFO and WARNING level: "INFO: Created TensorFlow Lite
+# XNNPACK delegate", "INFO: [accelerator_registry.cc:43] DestroyAccelerator", "WARNING: Logging before
+# InitGoogle()", "W0000 00:00:... inference_runner_litert.cc] Input tensor memory is not aligned"; and
+# OpenCV's "[ WARN:0@3.5] global cap.cpp:212 open VIDEOIO(V4L2): ...".
+CHATTER = re.compile(rb"^(?:(?:INFO|WARNING|VERBOSE)\b|[IW]\d{4} |\[ ?(?:INFO|WARN):)")
+
+
+def quiet_native_logs() -> None:
+    """From now on, drop native libraries' INFO and WARNING lines and keep everything else.
+
+    C++ code writes straight to file descriptor 2, out of reach of Python's logging and of the
+    environment variables (GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL) that this LiteRT ignores.  So fd 2
+    becomes a pipe that a thread filters into the real stderr (native ERROR and FATAL lines pass),
+    and Python's own ``sys.stderr`` writes to the real stderr directly.  Exceptions ignored in
+    ``__del__`` (MediaPipe's, on error exits) go to the debug log.  Call it before logging is set up.
+    """
+    global _quiet
+    if _quiet:  # once per process
+        return
+    try:
+        real_fd = os.dup(2)
+    except OSError:  # no stderr at all
+        return
+    _quiet = True
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    real = open(real_fd, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                errors="backslashreplace", closefd=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stderr = real
+    if faulthandler.is_enabled():
+        faulthandler.enable(real)
+    thread = threading.Thread(target=_filter, args=(read_fd, real_fd), name="native-stderr", daemon=True)
+    thread.start()
+    sys.unraisablehook = _unraisable_to_debug
+
+    def finish() -> None:  # teardown chatter goes nowhere; what was written so far is passed on first
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        thread.join(timeout=1.0)
+
+    atexit.register(finish)
+
+
+def _filter(read_fd: int, real_fd: int) -> None:
+    pending = b""
+    with open(read_fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            keep = b"".join(line + b"\n" for line in lines if not CHATTER.match(line))
+            if keep:
+                os.write(real_fd, keep)
+    if pending and not CHATTER.match(pending):
+        os.write(real_fd, pending + b"\n")
+
+
+def _unraisable_to_debug(unraisable) -> None:
+    log.debug("ignored in %r: %s", unraisable.object, unraisable.exc_value,
+              exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
 
 
 @contextlib.contextmanager

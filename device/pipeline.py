@@ -33,6 +33,7 @@ from device.errors import DeviceError, SourceError, WriteError
 from device.frames import FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
+from device.progress import Progress
 from device.results import ResultSinks, open_results
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
@@ -104,6 +105,7 @@ class Pipeline:
         self.source: FrameSource | None = None
         self.sink: Sink | None = None
         self.results = ResultSinks()  # MQTT, web view: consumers beside the CSV log (off by default)
+        self.progress: Progress | None = None  # the terminal's progress line during run()
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
@@ -260,6 +262,7 @@ class Pipeline:
         max_frames = self.config.run.max_frames
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
+        progress = self.progress = self._progress()
         while not self._stop.is_set() and not self._quit:
             if max_frames is not None and self.stats.frames >= max_frames:
                 break
@@ -269,6 +272,7 @@ class Pipeline:
             result = self.step()
             if result is None:
                 break
+            progress.update(self.stats.frames)
             if first:  # model and camera up, first frame processed
                 self.notifier.ready()
                 first = False
@@ -277,7 +281,15 @@ class Pipeline:
                 log.info("%s", line)
                 self.notifier.status(line)
                 next_stats = time.monotonic() + self.config.run.stats_interval
+        progress.close()
         return self.stats
+
+    def _progress(self) -> Progress:
+        """Frames done of a file's total, on a terminal only (device.progress); cameras get none."""
+        total = self.source.total if self.source is not None else None
+        if total is not None and self.config.run.max_frames is not None:
+            total = min(total, self.config.run.max_frames)
+        return Progress(total, " frames", "", enabled=False if total is None else None)
 
     def health_line(self) -> str:
         s = self.stats
@@ -360,7 +372,7 @@ class Pipeline:
     def close(self) -> None:
         """Close every part, even when one fails; then raise the first failure."""
         first: BaseException | None = None
-        for part in (self.results, self.sink, self.source, self.detector, self.csv):
+        for part in (self.progress, self.results, self.sink, self.source, self.detector, self.csv):
             if part is None:
                 continue
             try:

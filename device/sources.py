@@ -67,6 +67,11 @@ class FrameSource:
     def read(self) -> Frame | None:
         raise NotImplementedError
 
+    @property
+    def total(self) -> int | None:
+        """Frames this source will deliver, when known (files read once); None otherwise."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -91,6 +96,10 @@ class ImageFilesSource(FrameSource):
             raise SourceError("no images found for --source")
         self.paths, self.loop, self._next = paths, loop, 0
         self.name = str(paths[0].parent)
+
+    @property
+    def total(self) -> int | None:
+        return None if self.loop else len(self.paths)
 
     def read(self) -> Frame | None:
         while True:
@@ -122,6 +131,13 @@ class VideoCaptureSource(FrameSource):
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
             self._cap.set(cv2.CAP_PROP_FPS, cfg.fps)
             self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
+
+    @property
+    def total(self) -> int | None:
+        if self.live or self.loop:
+            return None
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container; 0 when unknown
+        return count if count > 0 else None
 
     def read(self) -> Frame | None:
         ok, image = self._cap.read()

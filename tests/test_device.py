@@ -188,7 +188,7 @@ def test_missing_model_names_the_command(tmp_path):
 
 def test_missing_face_models_name_the_provisioning_command(tmp_path, tflite_model):
     result = run_device("run", "--source", "demo", "--model", str(tflite_model), "--face-models", str(tmp_path))
-    assert_one_error_line(result, 78, "python -m device models")
+    assert_one_error_line(result, 78, f"provision it with `python -m device models --face-models {tmp_path}`")
 
 
 def test_manifest_that_does_not_match_the_model_is_refused(tmp_path, tflite_model):

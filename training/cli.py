@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="metrics, report and plots for a run on a labelled folder")
     ev.add_argument("--model", required=True, help="run directory or its model.keras")
-    ev.add_argument("--data", required=True, help="labelled class-per-folder (or a split dataset: its val/)")
+    ev.add_argument("--data", required=True, help="labelled class-per-folder (or a split dataset: its val/); its "
+                    "classes may be a subset of the model's (metrics over those present)")
     ev.add_argument("--out", help="report folder (default: RUN/eval)")
     ev.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
 

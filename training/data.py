@@ -108,6 +108,19 @@ def load_folder(root: Path, size: int, color: str, labels: tuple[str, ...] | Non
     )
 
 
+def load_folder_for(root: Path, size: int, color: str, model_labels: tuple[str, ...]) -> Dataset:
+    """A class-per-folder tree whose classes are some of the model's (6 of 7 with no neutral, as in
+    many public sets): ``y`` indexes the model's labels, and ``labels`` are the model's."""
+    found, _ = list_class_folder(root)
+    unknown = [name for name in found if name not in model_labels]
+    if unknown:
+        raise DataError(f"{root}: class folder(s) {', '.join(map(repr, unknown))} not among the model's classes "
+                        f"{list(model_labels)}")
+    data = load_folder(root, size, color)
+    remap = np.array([model_labels.index(name) for name in data.labels], dtype=np.int32)
+    return Dataset(x=data.x, y=remap[data.y], labels=tuple(model_labels), files=data.files, skipped=data.skipped)
+
+
 def _limit_per_class(items: list[tuple[Path, int]], limit: int, seed: int) -> list[tuple[Path, int]]:
     rng = np.random.default_rng(seed)
     out = []

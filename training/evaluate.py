@@ -13,7 +13,7 @@ import numpy as np
 
 from device import manifest as mf
 from training import report
-from training.data import IMAGE_SUFFIXES, DataError, Dataset, load_folder, load_splits, read_image
+from training.data import IMAGE_SUFFIXES, DataError, Dataset, load_folder_for, load_splits, read_image
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ def evaluate_cli(run: str, data: str, out: str | None, tta: bool) -> dict[str, A
     model, manifest = load_run(run)
     path = Path(data)
     if path.is_dir() and not (path / "train").is_dir() and not (path / "val").is_dir():
-        dataset = load_folder(path, manifest.input_size, manifest.color)
-    else:  # a split dataset: evaluate on its val/ (the project's selection split)
+        dataset = load_folder_for(path, manifest.input_size, manifest.color, manifest.labels)
+    elif (path / "val").is_dir():  # a split dataset: evaluate on its val/ (the project's selection split)
+        dataset = load_folder_for(path / "val", manifest.input_size, manifest.color, manifest.labels)
+    else:
         dataset = load_splits(path, manifest.input_size, manifest.color).val
     result = evaluate_model(model, dataset, manifest, tta)
     if dataset.skipped:

@@ -18,26 +18,35 @@ from device.manifest import write_atomic
 
 
 def compute(y_true: np.ndarray, probs: np.ndarray, labels: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """All reported metrics for integer labels and (N, classes) probabilities."""
+    """All reported metrics for integer labels and (N, classes) probabilities.
+
+    Predictions range over all the model's labels (the confusion matrix has them all), while the
+    averaged metrics cover the classes present in ``y_true``: a folder with 6 of the 7 classes is
+    scored on those 6, and a prediction of the missing class counts as an error."""
     labels = list(labels)
     index = list(range(len(labels)))
+    present = sorted(int(i) for i in np.unique(y_true))
     y_pred = probs.argmax(axis=1)
     cm = skm.confusion_matrix(y_true, y_pred, labels=index)
     support = cm.sum(axis=1)
     per_class_acc = {labels[i]: (float(cm[i, i] / support[i]) if support[i] else None) for i in index}
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=index, zero_division=0)
+
+    def averaged(metric, average: str) -> float:
+        return float(metric(y_true, y_pred, labels=present, average=average, zero_division=0))
+
     out: dict[str, Any] = {
         "n": int(len(y_true)),
         "labels": labels,
+        "classes_evaluated": [labels[i] for i in present],
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "per_class_accuracy": per_class_acc,
-        "precision_macro": float(skm.precision_score(y_true, y_pred, labels=index, average="macro", zero_division=0)),
-        "recall_macro": float(skm.recall_score(y_true, y_pred, labels=index, average="macro", zero_division=0)),
-        "f1_macro": float(skm.f1_score(y_true, y_pred, labels=index, average="macro", zero_division=0)),
-        "precision_weighted": float(skm.precision_score(y_true, y_pred, labels=index, average="weighted",
-                                                        zero_division=0)),
-        "recall_weighted": float(skm.recall_score(y_true, y_pred, labels=index, average="weighted", zero_division=0)),
-        "f1_weighted": float(skm.f1_score(y_true, y_pred, labels=index, average="weighted", zero_division=0)),
+        "precision_macro": averaged(skm.precision_score, "macro"),
+        "recall_macro": averaged(skm.recall_score, "macro"),
+        "f1_macro": averaged(skm.f1_score, "macro"),
+        "precision_weighted": averaged(skm.precision_score, "weighted"),
+        "recall_weighted": averaged(skm.recall_score, "weighted"),
+        "f1_weighted": averaged(skm.f1_score, "weighted"),
         "per_class": {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                                   "support": int(s[i])} for i in index},
         "confusion_matrix": cm.tolist(),
@@ -52,8 +61,8 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray, index: list[int]) -> float | 
         return None  # undefined with one class
     if len(index) == 2:
         return float(skm.roc_auc_score(y_true, probs[:, 1]))
-    if len(present) < len(index):
-        return None  # one-vs-rest needs every class present
+    if len(present) < len(index):  # one-vs-rest over the classes present, each against all other images
+        return float(np.mean([skm.roc_auc_score(y_true == i, probs[:, i]) for i in present]))
     return float(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=index))
 
 

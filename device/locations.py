@@ -1,0 +1,68 @@
+"""Where the device finds its files, the same from a checkout and from an installed wheel.
+
+- The default emotion model and its manifest: the wheel ships them as package data
+  (``device/models/``, mapped from the repository's ``models/`` in pyproject.toml); a checkout
+  uses ``models/`` itself.
+- The face-detection models (not ours to ship): one folder per installation.  In order:
+  ``--face-models DIR``, ``$EMOTION_DEVICE_FACE_MODELS``, a checkout's ``models/``, then
+  ``<venv>/share/emotion-device/models`` inside a virtual environment, else
+  ``$XDG_DATA_HOME/emotion-device/models`` (``~/.local/share/...``).  ``models`` writes where
+  ``run`` reads.
+- The systemd templates (unit, config, Jetson drop-in): package data ``device/systemd/`` in a
+  wheel, ``systemd/`` in a checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+CHECKOUT = PACKAGE.parent
+MODEL_NAME = "emotion_fer2013.tflite"
+FACE_MODELS_ENV = "EMOTION_DEVICE_FACE_MODELS"
+AUTO = "auto"
+
+
+def is_checkout() -> bool:
+    """Running from the source tree (plain or editable install), not from an installed wheel."""
+    return (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "device").resolve() == PACKAGE
+
+
+def _bundled(folder: str, checkout_folder: str) -> Path:
+    inside = PACKAGE / folder
+    return inside if inside.is_dir() or not is_checkout() else CHECKOUT / checkout_folder
+
+
+def bundled_models() -> Path:
+    """The folder holding the default emotion model and its manifest."""
+    return _bundled("models", "models")
+
+
+def default_model() -> Path:
+    return bundled_models() / MODEL_NAME
+
+
+def templates() -> Path:
+    """The folder holding the systemd unit, the config template and the Jetson drop-in."""
+    return _bundled("systemd", "systemd")
+
+
+def installation_data() -> Path:
+    """This installation's data folder: inside the venv, else the user's XDG data folder."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "share" / "emotion-device"
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "emotion-device"
+
+
+def face_models_dir(setting: str | os.PathLike = AUTO) -> Path:
+    """The face-model folder for a ``--face-models`` setting (``auto``: see the module's docstring)."""
+    if str(setting) != AUTO:
+        return Path(setting)
+    if os.environ.get(FACE_MODELS_ENV):
+        return Path(os.environ[FACE_MODELS_ENV])
+    if is_checkout():
+        return CHECKOUT / "models"
+    return installation_data() / "models"

@@ -1,0 +1,147 @@
+"""``python -m device report``: tallies checked against the rows written, runs, rotation, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.csvlog import FIXED, columns, format_rows
+from device.frames import Box, Face, Frame
+from device.report import ReportError, log_files, report, summary_rows, tally
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def faces_for(i: int, rng) -> list[Face]:
+    """Track 1 always (happy, then sad from frame 40); track 2 on even frames (neutral)."""
+    out = [Face(1, Box(10, 10, 40, 40), 0.9, rng.dirichlet(np.ones(7)), "happy" if i < 40 else "sad", 0.8)]
+    if i % 2 == 0:
+        out.append(Face(2, Box(90, 10, 40, 40), 0.9, rng.dirichlet(np.ones(7)), "neutral", 0.7))
+    return out
+
+
+def write(path: Path, frames: range, start: datetime, header: bool = True, seconds: float = 1.0,
+          run: str | None = None) -> Counter:
+    """Rows in the CSV log's own format (a 1 fps camera); returns the labels written."""
+    rng = np.random.default_rng(len(frames))
+    labels: Counter = Counter()
+    with open(path, "a") as f:
+        if header:
+            cols = columns(LABELS)
+            f.write(",".join(cols[:1] + ["run"] + cols[1:] if run else cols) + "\n")
+        for i in frames:
+            faces = faces_for(i, rng)
+            text = format_rows(Frame(np.zeros((1, 1, 3), np.uint8), i, "cam", start + timedelta(seconds=i * seconds)),
+                               faces)
+            if run:
+                text = "".join(line.replace(",", f",{run},", 1) + "\n" for line in text.splitlines())
+            f.write(text)
+            labels.update(face.label for face in faces)
+    return labels
+
+
+def test_two_runs_appended_to_one_file(tmp_path):
+    log = tmp_path / "log.csv"
+    first = write(log, range(0, 100), T0)
+    second = write(log, range(0, 30), T0 + timedelta(hours=2), header=False)  # frame numbers restart
+    t = tally([log], show_progress=False)
+    assert len(t.runs) == 2
+    assert [r.frames for r in t.runs] == [100, 30]
+    assert [r.faces for r in t.runs] == [150, 45]
+    assert [len(r.tracks) for r in t.runs] == [2, 2]
+    assert [round(r.duration) for r in t.runs] == [99, 29]
+    expected = first + second
+    assert dict(zip(LABELS, t.counts().tolist())) == {k: expected.get(k, 0) for k in LABELS}
+    assert t.rows == 195 and t.bad_rows == 0
+    # faces per minute: both tracks in each minute of run 1 (100 s: minutes 0 and 1) and run 2
+    assert sorted(t.minute_tracks.values()) == [2, 2, 2]
+    total = summary_rows(t)[-1]
+    assert total[:6] == ["all", "2026-03-01 09:00:00", "0:02:08", "130", "195", "4"]
+    assert total[6 + LABELS.index("happy")] == f"{100 * expected['happy'] / 195:.1f}%"
+
+
+def test_run_column_splits_runs_and_timeline_follows_labels(tmp_path):
+    log = tmp_path / "log.csv"
+    write(log, range(0, 60), T0, run="2026-03-01T09:00:00Z")
+    write(log, range(60, 80), T0 + timedelta(minutes=5), header=False, run="2026-03-01T09:05:00Z")
+    t = tally([log], tracks=1, show_progress=False)
+    assert [r.name for r in t.runs] == ["2026-03-01T09:00:00Z", "2026-03-01T09:05:00Z"]
+    assert [r.frames for r in t.runs] == [60, 20]
+    # the longest track is run 1's track 1: happy for frames 0-39, then sad for 40-59
+    assert list(t.timelines) == [(0, "1")]
+    segments = t.timelines[(0, "1")]
+    start = T0.timestamp()
+    assert [(round(s - start), round(e - start), LABELS[c]) for s, e, c in segments] == \
+        [(0, 39, "happy"), (40, 59, "sad")]
+
+
+def test_rotated_logs_are_read_in_order_as_one_run(tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write(folder / "emotions-2026-03-01.csv", range(0, 10), T0)
+    write(folder / "emotions-2026-03-01.1.csv", range(10, 20), T0)
+    write(folder / "emotions-2026-03-01.2.csv", range(20, 30), T0)
+    write(folder / "emotions-2026-03-01.10.csv", range(30, 40), T0)
+    write(folder / "emotions-2026-03-02.csv", range(40, 50), T0)
+    (folder / "notes.txt").write_text("not a log")
+    assert [f.name for f in log_files([folder])] == [
+        "emotions-2026-03-01.csv", "emotions-2026-03-01.1.csv", "emotions-2026-03-01.2.csv",
+        "emotions-2026-03-01.10.csv", "emotions-2026-03-02.csv"]
+    t = tally([folder], show_progress=False)
+    assert len(t.runs) == 1 and t.runs[0].frames == 50 and t.rows == 75
+
+
+def test_report_writes_the_page_and_plots(tmp_path):
+    import matplotlib.image
+    log = tmp_path / "log.csv"
+    write(log, range(0, 200), T0, seconds=30)  # 100 minutes: shares per minute
+    page = report([log], tmp_path / "out", show_progress=False)
+    text = page.read_text()
+    for name in ("tracks", "shares", "faces", "distribution"):
+        image = matplotlib.image.imread(tmp_path / "out" / f"{name}.png")
+        assert image.shape[0] > 100 and image.shape[1] > 300
+        assert f'src="{name}.png"' in text
+    assert "<td>300</td>" in text  # faces: 200 + 100
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_not_a_log_is_one_clear_error(tmp_path):
+    bad = tmp_path / "other.csv"
+    bad.write_text("name,score\nx,1\n")
+    with pytest.raises(ReportError, match="not an emotion-device CSV log"):
+        tally([bad], show_progress=False)
+    result = subprocess.run([sys.executable, "-m", "device", "report", str(bad), "--out", str(tmp_path / "o")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 65
+    assert result.stderr.strip().splitlines() == [f"error: {bad} is not an emotion-device CSV log (its header "
+                                                  f"starts 'name,score'; expected '{','.join(FIXED[:4])}'...,"
+                                                  "p_<label>...)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_logs_with_other_classes_are_refused(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    write(a, range(0, 5), T0)
+    b.write_text(",".join(FIXED + ["p_neg", "p_pos"]) + "\n")
+    with pytest.raises(ReportError, match="other classes"):
+        tally([a, b], show_progress=False)
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path):
+    log = tmp_path / "log.csv"
+    write(log, range(0, 5), T0)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder would go")
+    result = subprocess.run([sys.executable, "-m", "device", "report", str(log), "--out", str(blocker / "out")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 73
+    expected = f"error: cannot write the report to {blocker / 'out'}: Not a directory"
+    assert result.stderr.strip().splitlines() == [expected]
