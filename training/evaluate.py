@@ -22,11 +22,11 @@ def load_run(run: str | Path) -> tuple[keras.Model, mf.Manifest]:
     """A run directory (or a model.keras inside one) -> (model, manifest)."""
     run = Path(run)
     model_path = run / "model.keras" if run.is_dir() else run
-    manifest_path = model_path.parent / "manifest.json"
     if not model_path.exists():
         hint = " (the run is not finished yet)" if model_path.parent.name.endswith(".incomplete") else ""
         raise DataError(f"no model at {model_path}{hint}")
-    manifest = mf.load(manifest_path)
+    manifest_path = mf.keras_manifest_path(model_path)  # a run's manifest.json, or NAME.json beside NAME.keras
+    manifest = mf.load(manifest_path or model_path.parent / "manifest.json")
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a file that is not a model
