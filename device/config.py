@@ -48,6 +48,9 @@ class DetectorConfig:
     min_confidence: float = opt(0.5, "minimum face detection score", "--min-confidence", low=0.0, high=1.0)
     tiles: int = opt(1, "also detect on NxN overlapping tiles, for crowds in large frames", "--tiles", low=1, high=8)
     models_dir: str = opt("models", "folder of the face-detection models (python -m device models)", "--face-models")
+    detect_every: int = opt(3, "full-frame detection every N frames, optical flow follows faces in between "
+                            "(and a cut, a lost face or one at the edge detects at once); 1: every frame",
+                            "--detect-every", low=1, high=100)
 
 
 @dataclass
@@ -103,6 +106,8 @@ class RunConfig:
                                   "--no-frame-timeout", low=1.0, high=86400.0)
     reconnect_max_delay: float = opt(10.0, "longest wait between camera reconnects", "--reconnect-max-delay",
                                      low=0.1, high=600.0)
+    workers: int | None = opt(None, "threads for the stages (read, detect, classify+track+output), up to 3; "
+                              "1: all on one thread; default: the CPU count", "--workers", low=1, high=64)
 
 
 @dataclass

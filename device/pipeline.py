@@ -25,11 +25,12 @@ from device import overlay
 from device.classifier import EmotionClassifier
 from device.config import Config
 from device.csvlog import CsvLog
-from device.detector import FaceDetector
 from device.errors import DeviceError, SourceError
-from device.frames import FrameResult
+from device.frames import Detection, Frame, FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
+from device.scheduler import ScheduledDetector, open_detector
+from device.runner import open_runner
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
 from device.tracker import Tracker
@@ -51,6 +52,15 @@ class Notifier:
     def reloading(self) -> None: ...
 
     def stopping(self) -> None: ...
+
+
+@dataclass
+class Work:
+    """A frame on its way through the stages."""
+
+    frame: Frame
+    timings: dict[str, float]  # stage -> milliseconds
+    detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass
@@ -93,14 +103,14 @@ class Pipeline:
         self._stop = stop or threading.Event()
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
-        self.detector: FaceDetector | None = None  # set below; None lets close() run after a failed start
+        self.detector: ScheduledDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
         self.sink: Sink | None = None
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
-            self.detector = FaceDetector(config.detector)
+            self.detector = open_detector(config.detector)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
             self.csv = CsvLog(config.log, self.classifier.labels) if config.log.csv else None
             self.source = self._open_source()
@@ -119,15 +129,29 @@ class Pipeline:
             return self.source
 
     # -- one frame ---------------------------------------------------------------------------
+    # step() = read_stage -> detect_stage -> finish_stage; device.runner calls the three from different
+    # threads (each stage is only ever run by one thread at a time, so the stages themselves stay plain).
     def step(self) -> FrameResult | None:
         """Process the next frame; None at the end of a finite source."""
-        t = {}
+        work = self.read_stage()
+        return None if work is None else self.finish_stage(self.detect_stage(work))
+
+    def read_stage(self) -> Work | None:
         t0 = time.perf_counter()
         frame = self._read()
         if frame is None:
             return None
+        return Work(frame, {"decode": (time.perf_counter() - t0) * 1000})
+
+    def detect_stage(self, work: Work) -> Work:
         t1 = time.perf_counter()
-        detections = self.detector.detect(frame.image)
+        work.detections = self.detector.detect(work.frame.image)
+        work.timings["detect"] = (time.perf_counter() - t1) * 1000
+        return work
+
+    def finish_stage(self, work: Work) -> FrameResult:
+        """Classify, track, draw, write: everything that has to see the frames in order."""
+        frame, detections, t = work.frame, work.detections, work.timings
         t2 = time.perf_counter()
         probs = self.classifier.classify(frame.image, [d.box for d in detections])
         t3 = time.perf_counter()
@@ -148,12 +172,14 @@ class Pipeline:
         if self.csv is not None:
             self.csv.write(frame, faces)
         t7 = time.perf_counter()
-        for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
+        for name, a, b in zip(STAGES[2:], (t2, t3, t4, t5, t6), (t3, t4, t5, t6, t7)):
             t[name] = (b - a) * 1000
         self.stats.frames += 1
         self.stats.faces += len(faces)
         self.stats.frames_without_faces += not faces
-        self.stats.skipped_frames = self.source.skipped
+        source = self.source  # None while the reading thread reopens a camera
+        if source is not None:
+            self.stats.skipped_frames = source.skipped
         self.stats.recent.append((t7, t))
         if self.records is not None:
             self.records.append(t)
@@ -228,23 +254,31 @@ class Pipeline:
         max_frames = self.config.run.max_frames
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
-        while not self._stop.is_set() and not self._quit:
-            if max_frames is not None and self.stats.frames >= max_frames:
-                break
-            if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
-                reload.clear()
-                self.reload(load_config)
-            result = self.step()
-            if result is None:
-                break
-            if first:  # model and camera up, first frame processed
-                self.notifier.ready()
-                first = False
-            if time.monotonic() >= next_stats:
-                line = self.health_line()
-                log.info("%s", line)
-                self.notifier.status(line)
-                next_stats = time.monotonic() + self.config.run.stats_interval
+        runner = open_runner(self)  # None: everything on this thread
+        step = runner.step if runner else self.step
+        try:
+            while not self._stop.is_set() and not self._quit:
+                if max_frames is not None and self.stats.frames >= max_frames:
+                    break
+                if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
+                    reload.clear()
+                    if runner:
+                        runner.drain()  # frames already read are finished with the config they were read with
+                    self.reload(load_config)
+                result = step()
+                if result is None:
+                    break
+                if first:  # model and camera up, first frame processed
+                    self.notifier.ready()
+                    first = False
+                if time.monotonic() >= next_stats:
+                    line = self.health_line()
+                    log.info("%s", line)
+                    self.notifier.status(line)
+                    next_stats = time.monotonic() + self.config.run.stats_interval
+        finally:
+            if runner:
+                runner.close()
         return self.stats
 
     def health_line(self) -> str:
@@ -286,7 +320,7 @@ class Pipeline:
             log.warning("source and output changes take effect at the next restart (systemctl restart)")
             config = dataclasses.replace(config, source=old.source, output=old.output)
         classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
-        detector = FaceDetector(config.detector) if config.detector != old.detector else self.detector
+        detector = open_detector(config.detector) if config.detector != old.detector else self.detector
         try:
             csv = self._reopen_csv(config, classifier.labels)
         except (DeviceError, OSError):
