@@ -9,6 +9,7 @@ Re-create the clip the tests and the benchmark use::
 
     python -m tests.clips crowd.avi                 # 640x480, 150 frames
     python -m tests.clips crowd360.avi --height 360
+    python -m tests.clips one.avi --scene one      # one face, for speed measurements
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def default_actors(frames: int) -> list[Actor]:
         Actor(5, 100, (0.50, 0.74), cut, frames - 30, phase=3.0),
         Actor(9, 110, (0.83, 0.72), cut, frames, phase=2.5),
     ]
+
+
+def one_face(frames: int) -> list[Actor]:
+    """One face (Grace Hopper) moving about the middle for the whole clip: the speed benchmark's clip."""
+    return [Actor(9, 200, (0.5, 0.45), 0, frames)]
 
 
 def face_images() -> list[np.ndarray]:
@@ -178,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=640, help="frame width (default: 640)")
     parser.add_argument("--height", type=int, default=480, help="frame height (default: 480)")
     parser.add_argument("--frames", type=int, default=150, help="frames (default: 150; the cut is at the middle)")
+    parser.add_argument("--scene", choices=("crowd", "one"), default="crowd",
+                        help="crowd: 1-6 faces entering, leaving, a cut; one: one face moving (default: crowd)")
     args = parser.parse_args(argv)
     try:
-        clip = Clip(args.width, args.height, args.frames)
+        actors = one_face(args.frames) if args.scene == "one" else None
+        clip = Clip(args.width, args.height, args.frames, actors)
         clip.write(args.out)
     except (OSError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
