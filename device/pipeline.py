@@ -103,6 +103,7 @@ class Pipeline:
         self._stop = stop or threading.Event()
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
+        self.before_reconnect: Callable[[], None] = lambda: None  # the runner waits here for frames in flight
         self.detector: ScheduledDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
@@ -200,6 +201,7 @@ class Pipeline:
         except SourceError as exc:
             if not self.source.live:
                 raise
+            self.before_reconnect()
             return self._reconnect(exc)
 
     def _reconnect(self, error: SourceError):

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from device.frames import FrameResult
@@ -33,8 +34,11 @@ JOIN_TIMEOUT = 5.0
 
 
 def workers_for(configured: int | None) -> int:
-    """Stage threads: the configured count, else the CPU count; at most one per stage."""
-    return max(1, min(3, configured or os.cpu_count() or 1))
+    """Stage threads: the configured count, else the cores this process may use (taskset, cgroups' cpusets);
+    at most one per stage."""
+    if configured is None:
+        configured = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(3, configured))
 
 
 def open_runner(pipeline: "Pipeline") -> "Runner | None":
@@ -50,6 +54,15 @@ class Runner:
         self._halt = threading.Event()  # close(): leave now
         self._pause = threading.Event()  # drain(): stop reading, pass PAUSED down the line
         self._ended = False
+        self._read = 0  # frames handed on by the reading stage
+        self._finished = 0  # frames finished on the caller's thread
+        pipeline.before_reconnect = self._wait_for_frames_in_flight
+
+    def _wait_for_frames_in_flight(self) -> None:
+        """A camera failed: let the frames read before it be finished first, so that the watchdog pings
+        stop, and the reconnect messages come, after the last of them (as on one thread)."""
+        while self._finished < self._read and not self._halt.is_set() and not self.pipeline._stop.is_set():
+            time.sleep(0.005)
 
     # -- the stage threads -----------------------------------------------------------------------
     def _start(self) -> None:
@@ -81,6 +94,7 @@ class Runner:
                 if work is None:
                     break
                 count += 1
+                self._read += 1
                 if not self._put(out, work):
                     return
         except Exception as exc:  # handed to the main thread, which raises it as before
@@ -141,7 +155,9 @@ class Runner:
                 self._ended = True
                 self._join()
                 raise item
-            return self.pipeline.finish_stage(item)
+            result = self.pipeline.finish_stage(item)
+            self._finished += 1
+            return result
 
     def drain(self) -> None:
         """Stop reading and finish every frame already read, in order (before a reload swaps the models);
@@ -163,11 +179,13 @@ class Runner:
                     raise item
                 return
             self.pipeline.finish_stage(item)
+            self._finished += 1
         self.close()
 
     def close(self) -> None:
         self._halt.set()
         self._join()
+        self.pipeline.before_reconnect = lambda: None
 
     def _join(self) -> None:
         for thread in self._threads:
