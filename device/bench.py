@@ -122,6 +122,8 @@ def bench(config: Config, frames: int, warmup: int, reference: bool = True) -> s
         lines.append("every-frame detection on one thread: the reference itself")
         lines.append("recall: 1.000")
         lines.append("agreement: 1.00")
+    elif not reference:
+        lines.append("recall and agreement: not measured (--no-reference)")
     else:
         lines.append("recall and agreement: not measured (a live source cannot show the same frames twice)")
     return "\n".join(lines)

@@ -11,8 +11,8 @@
 # flags for `python -m device bench`, e.g. "--detect-every 1").
 #
 # fer is installed with --no-deps plus what `from fer.fer import FER; FER(mtcnn=False)` imports: TensorFlow
-# (its TFLite interpreter runs fer's model), OpenCV (the Haar cascade), Pillow, requests, and setuptools
-# for pkg_resources.  facenet-pytorch/torch (MTCNN only), moviepy, pandas and tqdm (fer.classes, video
+# (its TFLite interpreter runs fer's model), OpenCV 4 (the Haar cascade: OpenCV 5's wheels lack the cascade
+# files that fer loads from cv2.data), Pillow, requests, and setuptools for pkg_resources.  facenet-pytorch/torch (MTCNN only), moviepy, pandas and tqdm (fer.classes, video
 # helpers) are not needed.
 set -euo pipefail
 
@@ -30,13 +30,15 @@ FER_VERSION=25.10.3
 [ -x "$PYTHON" ] || { echo "error: no project python at $PYTHON (set PYTHON)" >&2; exit 69; }
 command -v taskset >/dev/null || { echo "error: taskset missing (apt-get install util-linux)" >&2; exit 69; }
 
-if [ ! -x "$FER_VENV/bin/python" ] || ! "$FER_VENV/bin/python" -c "import fer.fer" 2>/dev/null; then
+if [ ! -f "$FER_VENV/.complete" ]; then
     echo "making fer's venv in $FER_VENV (once)" >&2
     "$PYTHON" -m venv "$FER_VENV"
     "$FER_VENV/bin/pip" install -q --upgrade pip
     "$FER_VENV/bin/pip" install -q --no-deps "fer==$FER_VERSION"
-    "$FER_VENV/bin/pip" install -q "${FER_TENSORFLOW:-tensorflow-cpu}" opencv-contrib-python-headless pillow requests \
-        "setuptools<81"
+    "$FER_VENV/bin/pip" install -q "${FER_TENSORFLOW:-tensorflow-cpu}" "opencv-contrib-python-headless<5" pillow requests \
+        "setuptools<81"  # pip then lists fer's other requirements as missing: they are not needed for FER(mtcnn=False)
+    "$FER_VENV/bin/python" -c "import cv2, fer.fer; assert cv2.data.haarcascades" || { echo "error: fer's venv is broken" >&2; exit 1; }
+    touch "$FER_VENV/.complete"
 fi
 
 ours() {  # $1: a prefix command (taskset ...) or nothing
