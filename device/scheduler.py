@@ -37,7 +37,9 @@ THUMB = (32, 24)
 MATCH_IOU = 0.5  # a followed face and a detection with this overlap are the same face
 CUT_THRESHOLD = 18.0  # mean absolute grey difference (0-255) of two thumbnails that counts as a cut
 MIN_POINTS = 6  # points that must survive the flow check for a face to count as followed
-FB_ERROR = 1.0  # px: forward-backward error above which a point is dropped
+FB_ERROR = 0.7  # px (at the face's level): forward-backward error above which a point is dropped
+FLOW_SIZE = 96  # px: a face is followed at the first level of the pyramid where it is at most this wide
+LEVELS = 3
 LK = dict(winSize=(11, 11), maxLevel=2, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03))
 
 
@@ -65,7 +67,7 @@ class ScheduledDetector:
         self._since_full = 0
         self._faces: list[Detection] = []
         self._recheck = False
-        self._gray: np.ndarray | None = None
+        self._gray: list[np.ndarray] | None = None  # the last frame's grey pyramid
         self._thumb: np.ndarray | None = None
 
     @property
@@ -76,13 +78,13 @@ class ScheduledDetector:
         if self.detect_every == 1:  # today's behaviour, without the grey frames
             self.stats.full += 1
             return self.detector.detect(bgr)
-        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        thumb = cv2.resize(gray, THUMB, interpolation=cv2.INTER_AREA)
+        gray = pyramid(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+        thumb = cv2.resize(gray[-1], THUMB, interpolation=cv2.INTER_AREA)
         cut = self._thumb is not None and float(cv2.absdiff(thumb, self._thumb).mean()) > CUT_THRESHOLD
         self.stats.cuts += cut
         followed = None
         if not (cut or self._recheck) and self._since_full + 1 < self.detect_every and self._gray is not None:
-            followed = self._follow(self._gray, gray, gray.shape[1], gray.shape[0])
+            followed = self._follow(self._gray, gray, bgr.shape[1], bgr.shape[0])
         if followed is None:
             found = self.detector.detect(bgr)
             # a face that the detector missed this time (a blink of its score, or it left): look again at once
@@ -98,7 +100,7 @@ class ScheduledDetector:
         self._gray, self._thumb = gray, thumb
         return list(self._faces)
 
-    def _follow(self, prev: np.ndarray, gray: np.ndarray, width: int, height: int) -> list[Detection] | None:
+    def _follow(self, prev: list[np.ndarray], gray: list[np.ndarray], width: int, height: int) -> list[Detection] | None:
         """Every face moved by flow, or None when one is lost or at the frame's edge (detect instead)."""
         out = []
         for face in self._faces:
@@ -115,36 +117,47 @@ class ScheduledDetector:
         self.detector.close()
 
 
-def follow_box(prev: np.ndarray, gray: np.ndarray, box: Box) -> Box | None:
-    """``box`` moved from grey frame ``prev`` to ``gray`` by median flow; None when it cannot be followed."""
-    x0, y0 = max(0, box.x), max(0, box.y)
-    x1, y1 = min(prev.shape[1], box.x + box.w), min(prev.shape[0], box.y + box.h)
+def pyramid(gray: np.ndarray, levels: int = LEVELS) -> list[np.ndarray]:
+    """``gray`` at full, half and quarter size: each face is followed at the level where it is small."""
+    out = [gray]
+    for _ in range(levels - 1):
+        out.append(cv2.pyrDown(out[-1]))
+    return out
+
+
+def follow_box(prev: list[np.ndarray], gray: list[np.ndarray], box: Box) -> Box | None:
+    """``box`` moved from the grey pyramid ``prev`` to ``gray`` by median flow; None when it cannot be followed."""
+    level = 0
+    while level + 1 < len(prev) and max(box.w, box.h) >> level > FLOW_SIZE:
+        level += 1
+    a, b, f = prev[level], gray[level], 1 << level
+    x0, y0 = max(0, box.x // f), max(0, box.y // f)
+    x1, y1 = min(a.shape[1], (box.x + box.w) // f), min(a.shape[0], (box.y + box.h) // f)
     if x1 - x0 < 8 or y1 - y0 < 8:
         return None
+    # flow on a window around the box only: whole-frame pyramids would cost several times as much
+    pad = max(x1 - x0, y1 - y0) // 2
+    wx0, wy0 = max(0, x0 - pad), max(0, y0 - pad)
+    a, b = a[wy0:y1 + pad, wx0:x1 + pad], b[wy0:y1 + pad, wx0:x1 + pad]
     # corners in the inner part of the box: the face, not the background around it
     mx, my = (x1 - x0) // 6, (y1 - y0) // 6
-    points = cv2.goodFeaturesToTrack(prev[y0 + my:y1 - my, x0 + mx:x1 - mx], maxCorners=24, qualityLevel=0.01,
-                                     minDistance=max(3, (x1 - x0) // 12))
+    points = cv2.goodFeaturesToTrack(a[y0 - wy0 + my:y1 - wy0 - my, x0 - wx0 + mx:x1 - wx0 - mx], maxCorners=24,
+                                     qualityLevel=0.01, minDistance=max(2, (x1 - x0) // 12))
     if points is None or len(points) < MIN_POINTS:
         return None
-    # flow on a window around the box only: the pyramids of whole frames would cost 3x as much
-    pad = max(box.w, box.h) // 2
-    wx0, wy0 = max(0, x0 - pad), max(0, y0 - pad)
-    wx1, wy1 = min(prev.shape[1], x1 + pad), min(prev.shape[0], y1 + pad)
-    a, b = prev[wy0:wy1, wx0:wx1], gray[wy0:wy1, wx0:wx1]
-    points = (points.reshape(-1, 2) + (x0 + mx - wx0, y0 + my - wy0)).astype(np.float32)
+    points = (points.reshape(-1, 2) + (x0 - wx0 + mx, y0 - wy0 + my)).astype(np.float32)
     ahead, ok, _ = cv2.calcOpticalFlowPyrLK(a, b, points, None, **LK)
     back, ok_back, _ = cv2.calcOpticalFlowPyrLK(b, a, ahead, None, **LK)
     good = (ok.ravel() == 1) & (ok_back.ravel() == 1) & (np.linalg.norm(back - points, axis=1) < FB_ERROR)
     if good.sum() < MIN_POINTS:
         return None
     p, q = points[good], ahead[good]
-    dx, dy = np.median(q - p, axis=0)
-    i, j = np.triu_indices(len(p), 1)
-    before = np.linalg.norm(p[i] - p[j], axis=1)
-    after = np.linalg.norm(q[i] - q[j], axis=1)
+    dx, dy = np.median(q - p, axis=0) * f
+    # scale: the median change of the points' distances to their centre
+    before = np.linalg.norm(p - p.mean(axis=0), axis=1)
+    after = np.linalg.norm(q - q.mean(axis=0), axis=1)
     keep = before > 1
-    scale = float(np.median(after[keep] / before[keep])) if keep.any() else 1.0
+    growth = float(np.median(after[keep] / before[keep])) if keep.any() else 1.0
     cx, cy = box.x + box.w / 2 + dx, box.y + box.h / 2 + dy
-    w, h = box.w * scale, box.h * scale
+    w, h = box.w * growth, box.h * growth
     return Box(int(round(cx - w / 2)), int(round(cy - h / 2)), int(round(w)), int(round(h)))

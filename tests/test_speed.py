@@ -104,7 +104,7 @@ def test_detect_every_1_is_todays_detector(clip):
 def test_flow_follows_a_moving_face_and_gives_up_on_a_blank():
     import cv2
     import numpy as np
-    from device.scheduler import follow_box
+    from device.scheduler import follow_box, pyramid
 
     if not FER.is_dir():
         pytest.skip("FER2013 not available")
@@ -112,11 +112,11 @@ def test_flow_follows_a_moving_face_and_gives_up_on_a_blank():
     a, b = clip.frame(10), clip.frame(11)
     (_, before), = clip.truth(10)
     (_, after), = clip.truth(11)
-    gray = [cv2.cvtColor(x, cv2.COLOR_BGR2GRAY) for x in (a, b)]
+    gray = [pyramid(cv2.cvtColor(x, cv2.COLOR_BGR2GRAY)) for x in (a, b)]
     moved = follow_box(gray[0], gray[1], before)
     assert before != after and moved.iou(after) >= 0.9
     assert abs(moved.x - after.x) <= 1 and abs(moved.y - after.y) <= 1
-    blank = np.full_like(gray[0], 120)
+    blank = pyramid(np.full_like(gray[0][0], 120))
     assert follow_box(blank, blank, before) is None  # nothing to follow: detect instead
 
 
