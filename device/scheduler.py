@@ -10,15 +10,18 @@ every ``detect_every`` frames, and at once when
 
 Between full detections each face found by the last one is followed with
 pyramidal Lucas-Kanade flow on a few corner points inside its box (OpenCV's
-``calcOpticalFlowPyrLK``): the box moves by the points' median displacement and
-scales by the median change of their distances, the way MedianFlow does.  The
-boxes keep the full-range model's convention (size and offset around the
+``calcOpticalFlowPyrLK``), at the level of a grey pyramid where the face is
+about 100 px wide: the box moves by the points' median displacement and scales
+by the median change of their distances to their centre, as MedianFlow does.
+The boxes keep the full-range model's convention (size and offset around the
 face), so crops and classification don't drift.  A face that enters the frame
 is found by the next full detection: within ``detect_every`` frames.
 
-Flow was chosen by measurement (scripts/measure_followers.py): about 0.2 ms a
-face against 1 ms for KCF and 3 ms for the short-range model on a crop, with
-the best recall.
+Flow was chosen by measurement (scripts/measure_followers.py, on a busy
+machine): about 0.5 ms a face, against 0.6 ms for OpenCV's MOSSE (no scale, no
+failure check), 5-9 ms for KCF, 2-3 ms for the short-range model on a crop
+twice the box (whose boxes follow another convention), and 5-10 ms for a
+full-frame detection.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from device.config import DetectorConfig
 from device.frames import Box, Detection
 
 log = logging.getLogger(__name__)
@@ -51,14 +55,15 @@ class ScheduleStats:
     lost: int = 0
 
 
-def open_detector(cfg) -> "ScheduledDetector":
+def open_detector(cfg: DetectorConfig) -> "ScheduledDetector":
     """The face detector of ``cfg`` (a DetectorConfig), scheduled every ``cfg.detect_every`` frames."""
     from device.detector import FaceDetector
     return ScheduledDetector(FaceDetector(cfg), cfg.detect_every)
 
 
 class ScheduledDetector:
-    """Wraps a detector (``detect(bgr) -> list[Detection]``, ``close()``); same interface."""
+    """Wraps a detector (``detect(bgr) -> list[Detection]``, ``close()``) and has the same interface.
+    One thread at a time: it keeps the last frame."""
 
     def __init__(self, detector, detect_every: int = 1):
         self.detector = detector
@@ -100,7 +105,8 @@ class ScheduledDetector:
         self._gray, self._thumb = gray, thumb
         return list(self._faces)
 
-    def _follow(self, prev: list[np.ndarray], gray: list[np.ndarray], width: int, height: int) -> list[Detection] | None:
+    def _follow(self, prev: list[np.ndarray], gray: list[np.ndarray], width: int,
+                height: int) -> list[Detection] | None:
         """Every face moved by flow, or None when one is lost or at the frame's edge (detect instead)."""
         out = []
         for face in self._faces:

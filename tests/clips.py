@@ -130,7 +130,8 @@ class Clip:
         cx = actor.lane[0] * self.width + 0.07 * self.width * math.sin(1.3 * t + actor.phase)
         cy = actor.lane[1] * self.height + 0.03 * self.height * math.cos(0.9 * t + actor.phase)
         x, y = cx - w / 2, cy - h / 2
-        for side, progress in ((actor.enter, (frame - actor.start) / SLIDE), (actor.leave, (actor.end - frame) / SLIDE)):
+        slides = ((actor.enter, (frame - actor.start) / SLIDE), (actor.leave, (actor.end - frame) / SLIDE))
+        for side, progress in slides:
             if side in ("left", "right") and progress < 1:
                 edge = -w if side == "left" else self.width
                 x = edge + (x - edge) * progress
