@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 THUMB = (32, 24)
 MATCH_IOU = 0.5  # a followed face and a detection with this overlap are the same face
 CUT_THRESHOLD = 18.0  # mean absolute grey difference (0-255) of two thumbnails that counts as a cut
+CHANGE_THRESHOLD = 25  # a thumbnail cell (20x20 px of 640x480) that changed this much changed a lot
+CHANGE_CELLS = 2  # cells that must change away from the followed faces to detect at once
 MIN_POINTS = 6  # points that must survive the flow check for a face to count as followed
 FB_ERROR = 0.7  # px (at the face's level): forward-backward error above which a point is dropped
 FLOW_SIZE = 96  # px: a face is followed at the first level of the pyramid where it is at most this wide
@@ -52,6 +54,7 @@ class ScheduleStats:
     full: int = 0  # frames with a full-frame detection
     followed: int = 0  # frames where every face was followed by flow
     cuts: int = 0
+    changes: int = 0  # full detections for a change away from the followed faces
     lost: int = 0
 
 
@@ -72,6 +75,7 @@ class ScheduledDetector:
         self._since_full = 0
         self._faces: list[Detection] = []
         self._recheck = False
+        self._doubtful = False  # the last full detection was repeated because of a near miss
         self._gray: list[np.ndarray] | None = None  # the last frame's grey pyramid
         self._thumb: np.ndarray | None = None
 
@@ -85,16 +89,24 @@ class ScheduledDetector:
             return self.detector.detect(bgr)
         gray = pyramid(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
         thumb = cv2.resize(gray[-1], THUMB, interpolation=cv2.INTER_AREA)
-        cut = self._thumb is not None and float(cv2.absdiff(thumb, self._thumb).mean()) > CUT_THRESHOLD
+        diff = cv2.absdiff(thumb, self._thumb) if self._thumb is not None else None
+        cut = diff is not None and float(diff.mean()) > CUT_THRESHOLD
         self.stats.cuts += cut
         followed = None
         if not (cut or self._recheck) and self._since_full + 1 < self.detect_every and self._gray is not None:
             followed = self._follow(self._gray, gray, bgr.shape[1], bgr.shape[0])
+            if followed is not None and self._change_elsewhere(diff, self._faces + followed, bgr.shape):
+                followed = None  # something appeared or moved where no face is followed: maybe a new face
+                self.stats.changes += 1
         if followed is None:
             found = self.detector.detect(bgr)
             # a face that the detector missed this time (a blink of its score, or it left): look again at once
-            self._recheck = not cut and any(max((f.box.iou(d.box) for d in found), default=0.0) < MATCH_IOU
-                                            for f in self._faces)
+            missed = any(max((f.box.iou(d.box) for d in found), default=0.0) < MATCH_IOU for f in self._faces)
+            # a candidate just under the threshold may be a face that the next frame confirms; look again
+            # at once, but not on every frame for a face-like poster
+            doubtful = getattr(self.detector, "near_misses", 0) > 0 and not self._doubtful
+            self._recheck = not cut and (missed or doubtful)
+            self._doubtful = doubtful
             self._faces = found
             self._since_full = 0
             self.stats.full += 1
@@ -118,6 +130,19 @@ class ScheduledDetector:
                 return None
             out.append(Detection(box, face.score))
         return out
+
+    @staticmethod
+    def _change_elsewhere(diff: np.ndarray, faces: list[Detection], shape: tuple) -> bool:
+        """Thumbnail cells that changed a lot outside every followed box (grown by a cell)."""
+        changed = diff > CHANGE_THRESHOLD
+        if changed.sum() < CHANGE_CELLS:
+            return False
+        sx, sy = THUMB[0] / shape[1], THUMB[1] / shape[0]
+        for face in faces:
+            b = face.box
+            changed[max(0, int(b.y * sy) - 1):int((b.y + b.h) * sy) + 2,
+                    max(0, int(b.x * sx) - 1):int((b.x + b.w) * sx) + 2] = False
+        return int(changed.sum()) >= CHANGE_CELLS
 
     def close(self) -> None:
         self.detector.close()
