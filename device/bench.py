@@ -92,16 +92,16 @@ def bench(config: Config, frames: int, warmup: int, reference: bool = True) -> s
     if n == 0:
         return "no frames processed"
     faces = sum(len(seen[i].boxes) for i in sorted(seen)[-n:])
-    sched = pipeline.detector.stats if hasattr(pipeline.detector, "stats") else None
+    sched = pipeline.detector.stats
     lines = [f"device bench: {n} frames from {config.source.uri}, detector {config.detector.model}, "
              f"detect every {config.detector.detect_every}, workers {workers_for(config.run.workers)}, "
              f"classifier threads {config.classifier.threads}, output {config.output.target}, "
              f"csv {'on' if config.log.csv else 'off'}",
              f"machine: {platform.machine()}, {platform.processor() or platform.platform()}",
              f"faces per frame: {faces / n:.2f}"]
-    if sched is not None:
+    if config.detector.detect_every > 1:
         lines.append(f"full detections: {sched.full} of {sched.full + sched.followed} frames "
-                     f"({sched.cuts} cuts, {sched.lost} faces lost by the flow)")
+                     f"({sched.cuts} cuts, {sched.changes} changes away from the faces, {sched.lost} faces lost by the flow)")
     lines.append(f"{'stage':<10}{'median ms':>11}{'p95 ms':>9}")
     for stage in (*STAGES, "total"):
         values = [sum(r.values()) if stage == "total" else r[stage] for r in records]

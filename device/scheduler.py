@@ -4,9 +4,11 @@ Full-frame detection is most of a frame's cost.  ``ScheduledDetector`` runs it
 every ``detect_every`` frames, and at once when
 
 - the scene changes (a cut: the mean difference of two 32x24 grey thumbnails),
+- a part of the picture away from the followed faces changes a lot (a face may be entering),
 - a followed face is lost (too few points survive the forward-backward flow check),
 - a followed face touches the frame's edge (it may be leaving, or a neighbour entering),
-- the last full detection missed a face it had before (its score blinked under the threshold, or it left).
+- the last full detection missed a face it had before (its score blinked under the threshold, or it left),
+  or saw a candidate just under the threshold (once: not every frame for a face-like poster).
 
 Between full detections each face found by the last one is followed with
 pyramidal Lucas-Kanade flow on a few corner points inside its box (OpenCV's
