@@ -1,6 +1,8 @@
 """The composition root: source -> detect -> classify -> track -> overlay -> sink, and the CSV log.
 
-One loop, one frame at a time, each stage timed.  A stop event (set by a
+One loop, one frame at a time, each stage timed; with more than one worker
+(``--workers``) device.runner runs step()'s three parts (read, detect, finish)
+on their own threads, and the loop below is unchanged.  A stop event (set by a
 signal handler) ends it cleanly after the current frame, and a reload event
 (SIGHUP) swaps in a new config and model between two frames.  A camera that
 is missing at start or fails later is reopened with exponential backoff; after
@@ -103,6 +105,7 @@ class Pipeline:
         self._stop = stop or threading.Event()
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
+        self._runner = None  # device.runner's threads, while run() uses them
         self.before_reconnect: Callable[[], None] = lambda: None  # the runner waits here for frames in flight
         self.detector: ScheduledDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
@@ -256,31 +259,29 @@ class Pipeline:
         max_frames = self.config.run.max_frames
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
-        runner = open_runner(self)  # None: everything on this thread
+        runner = self._runner = open_runner(self)  # None: everything on this thread
         step = runner.step if runner else self.step
-        try:
-            while not self._stop.is_set() and not self._quit:
-                if max_frames is not None and self.stats.frames >= max_frames:
-                    break
-                if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
-                    reload.clear()
-                    if runner:
-                        runner.drain()  # frames already read are finished with the config they were read with
-                    self.reload(load_config)
-                result = step()
-                if result is None:
-                    break
-                if first:  # model and camera up, first frame processed
-                    self.notifier.ready()
-                    first = False
-                if time.monotonic() >= next_stats:
-                    line = self.health_line()
-                    log.info("%s", line)
-                    self.notifier.status(line)
-                    next_stats = time.monotonic() + self.config.run.stats_interval
-        finally:
-            if runner:
-                runner.close()
+        while not self._stop.is_set() and not self._quit:
+            if max_frames is not None and self.stats.frames >= max_frames:
+                break
+            if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
+                reload.clear()
+                if runner:
+                    runner.drain()  # frames already read are finished with the config they were read with
+                self.reload(load_config)
+            result = step()
+            if result is None:
+                break
+            if first:  # model and camera up, first frame processed
+                self.notifier.ready()
+                first = False
+            if time.monotonic() >= next_stats:
+                line = self.health_line()
+                log.info("%s", line)
+                self.notifier.status(line)
+                next_stats = time.monotonic() + self.config.run.stats_interval
+        if runner:
+            runner.close()
         return self.stats
 
     def health_line(self) -> str:
@@ -346,6 +347,8 @@ class Pipeline:
         return csv
 
     def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()  # its threads first: they use the source and the detector
         for part in (self.sink, self.source, self.detector, self.csv):
             if part is not None:
                 part.close()
