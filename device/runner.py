@@ -3,8 +3,9 @@
 read (capture and decode) -> detect -> finish (classify, track, overlay, outputs, CSV)
 
 Each stage runs on one thread, so frames stay in order and the stages need no
-locks; MediaPipe, LiteRT and OpenCV release the GIL in their native code, so
-threads use the cores.  ``finish`` runs on the caller's thread (the main one),
+locks.  Threads can use the cores because the heavy parts run without the GIL:
+MediaPipe's detect() waits on a lock while its graph runs on native threads,
+and LiteRT's invoke and OpenCV's calls release the GIL.  ``finish`` runs on the caller's thread (the main one),
 where signals, SIGHUP reloads, the watchdog and the CSV live as before.  With
 two workers capture and detection share one thread; with one there is no
 runner at all (``Pipeline.step`` does everything).
@@ -47,6 +48,8 @@ def open_runner(pipeline: "Pipeline") -> "Runner | None":
 
 
 class Runner:
+    """The read and detect stages on threads; ``step()`` finishes the next frame on the caller's thread."""
+
     def __init__(self, pipeline: "Pipeline", workers: int):
         self.pipeline, self.workers = pipeline, workers
         self._threads: list[threading.Thread] = []
@@ -135,7 +138,7 @@ class Runner:
     # -- the caller's thread -----------------------------------------------------------------------
     def step(self) -> FrameResult | None:
         """The next frame, finished on this thread; None at the end, or once the stop event is set."""
-        if self._ended:
+        if self._ended or self.pipeline._stop.is_set():
             return None
         if not self._threads:
             self._start()
