@@ -27,6 +27,7 @@ DEVICE_FLAGS=${DEVICE_FLAGS:-}
 FER_VERSION=25.10.3
 
 [ -f "$VIDEO" ] || { echo "error: no video at $VIDEO" >&2; exit 66; }
+VIDEO=$(realpath "$VIDEO")  # the runs below start in the repository root
 [ -x "$PYTHON" ] || { echo "error: no project python at $PYTHON (set PYTHON)" >&2; exit 69; }
 command -v taskset >/dev/null || { echo "error: taskset missing (apt-get install util-linux)" >&2; exit 69; }
 
