@@ -58,10 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (camera -> faces -> emotions -> screen and/or CSV)")
     add_config_flags(run)
-    bench = sub.add_parser("bench", help="per-stage latency (median, p95) and end-to-end FPS")
+    bench = sub.add_parser("bench", help="per-stage latency (median, p95), end-to-end FPS, and recall and label "
+                           "agreement against every-frame detection on one thread")
     add_config_flags(bench)
     bench.add_argument("--frames", type=int, default=300, help="frames to measure (default: 300)")
     bench.add_argument("--warmup", type=int, default=20, help="frames run before measuring (default: 20)")
+    bench.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the same frames again with every-frame detection on one thread and print "
+                            "recall and agreement (default: on; files and the demo only)")
     soak = sub.add_parser("soak", help="run many frames from a looped generated video and report RSS growth")
     add_config_flags(soak)
     soak.add_argument("--frames", type=int, default=100_000, help="frames to run (default: 100000)")
@@ -122,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from device.bench import bench
     config = load_config(args)
-    print(bench(config, args.frames, args.warmup))
+    print(bench(config, args.frames, args.warmup, args.reference))
     return 0
 
 

@@ -51,6 +51,9 @@ class DetectorConfig:
     models_dir: str = opt("auto", "folder of the face-detection models (python -m device models); auto: "
                           f"${FACE_MODELS_ENV}, a checkout's models/, else this installation's data folder",
                           "--face-models")
+    detect_every: int = opt(3, "full-frame detection every N frames, optical flow follows faces in between "
+                            "(and a cut, a lost face or one at the edge detects at once); 1: every frame",
+                            "--detect-every", low=1, high=100)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class RunConfig:
                                   "--no-frame-timeout", low=1.0, high=86400.0)
     reconnect_max_delay: float = opt(10.0, "longest wait between camera reconnects", "--reconnect-max-delay",
                                      low=0.1, high=600.0)
+    workers: int | None = opt(None, "threads for the stages (read, detect, classify+track+output), up to 3; "
+                              "1: all on one thread; default: the CPU count", "--workers", low=1, high=64)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from device.native import quiet_native_stderr, without_tensorflow
 log = logging.getLogger(__name__)
 
 MODEL_FILES = {"full": "face_detection_full_range_sparse.tflite", "short": "face_detection_short_range.tflite"}
+NEAR = 0.15  # candidates this far under min_confidence are counted as near misses (see device.scheduler)
 TILE_OVERLAP = 0.25
 NMS_IOU = 0.4
 
@@ -58,7 +59,8 @@ class FaceDetector:
         names = ["full", "short"] if cfg.model == "auto" else [cfg.model]
         folder = face_models_dir(cfg.models_dir)
         paths = {name: model_path(folder, MODEL_FILES[name]) for name in names}
-        self._models = {name: _create(path, cfg.min_confidence) for name, path in paths.items()}
+        self._models = {name: _create(path, max(0.0, cfg.min_confidence - NEAR)) for name, path in paths.items()}
+        self.near_misses = 0  # candidates just under min_confidence in the last detect(): maybe a face
         log.info("face detector: %s (min confidence %.2f, tiles %d)", cfg.model, cfg.min_confidence, cfg.tiles)
 
     def _run(self, name: str, rgb: np.ndarray) -> list[Detection]:
@@ -70,6 +72,8 @@ class FaceDetector:
             if score >= self.cfg.min_confidence:
                 b = d.bounding_box
                 out.append(Detection(Box(b.origin_x, b.origin_y, b.width, b.height), float(score)))
+            else:
+                self.near_misses += 1
         return out
 
     def _detect_region(self, rgb: np.ndarray) -> list[Detection]:
@@ -80,6 +84,7 @@ class FaceDetector:
     def detect(self, bgr: np.ndarray) -> list[Detection]:
         """Faces in a BGR frame, boxes clipped to the frame."""
         height, width = bgr.shape[:2]
+        self.near_misses = 0
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         found = self._detect_region(rgb)
         if self.cfg.tiles > 1:

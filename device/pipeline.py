@@ -1,6 +1,8 @@
 """The composition root: source -> detect -> classify -> track -> overlay -> sink, and the CSV log.
 
-One loop, one frame at a time, each stage timed.  A stop event (set by a
+One loop, one frame at a time, each stage timed; with more than one worker
+(``--workers``) device.runner runs step()'s three parts (read, detect, finish)
+on their own threads, and the loop below is unchanged.  A stop event (set by a
 signal handler) ends it cleanly after the current frame, and a reload event
 (SIGHUP) swaps in a new config and model between two frames.  A camera that
 is missing at start or fails later is reopened with exponential backoff; after
@@ -28,13 +30,14 @@ from device import csvlog, outpaths, overlay, sinks
 from device.classifier import EmotionClassifier
 from device.config import Config
 from device.csvlog import CsvLog
-from device.detector import FaceDetector
 from device.errors import DeviceError, SourceError, WriteError
-from device.frames import FrameResult
+from device.frames import Detection, Frame, FrameResult
 from device.manifest import write_atomic
 from device.preprocess import crop_face
 from device.progress import Progress
 from device.results import ResultSinks, open_results
+from device.runner import open_runner
+from device.scheduler import ScheduledDetector, open_detector
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
 from device.tracker import Tracker
@@ -56,6 +59,15 @@ class Notifier:
     def reloading(self) -> None: ...
 
     def stopping(self) -> None: ...
+
+
+@dataclass
+class Work:
+    """A frame on its way through the stages."""
+
+    frame: Frame
+    timings: dict[str, float]  # stage -> milliseconds
+    detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass
@@ -100,7 +112,9 @@ class Pipeline:
         self._quit = False
         self._first_frame = None  # read while waiting for a camera at start
         self._faces_failed = False  # warned once that face crops cannot be written
-        self.detector: FaceDetector | None = None  # set below; None lets close() run after a failed start
+        self._runner = None  # device.runner's threads, while run() uses them
+        self.before_reconnect: Callable[[], None] = lambda: None  # the runner waits here for frames in flight
+        self.detector: ScheduledDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
         self.source: FrameSource | None = None
         self.sink: Sink | None = None
@@ -109,7 +123,7 @@ class Pipeline:
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
-            self.detector = FaceDetector(config.detector)
+            self.detector = open_detector(config.detector)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
             self._check_outputs()  # an unwritable path is exit 73 before the camera opens
             self.source = None if self._stop.is_set() else self._open_source()
@@ -142,17 +156,31 @@ class Pipeline:
             return self.source
 
     # -- one frame ---------------------------------------------------------------------------
+    # step() = read_stage -> detect_stage -> finish_stage; device.runner calls the three from different
+    # threads (each stage is only ever run by one thread at a time, so the stages themselves stay plain).
     def step(self) -> FrameResult | None:
         """Process the next frame; None at the end of a finite source."""
-        t = {}
+        work = self.read_stage()
+        return None if work is None else self.finish_stage(self.detect_stage(work))
+
+    def read_stage(self) -> Work | None:
         t0 = time.perf_counter()
         frame = self._read()
         if frame is None:
             if self.source is not None:  # an unreadable last image counts too
                 self.stats.skipped_frames = self.source.skipped
             return None
+        return Work(frame, {"decode": (time.perf_counter() - t0) * 1000})
+
+    def detect_stage(self, work: Work) -> Work:
         t1 = time.perf_counter()
-        detections = self.detector.detect(frame.image)
+        work.detections = self.detector.detect(work.frame.image)
+        work.timings["detect"] = (time.perf_counter() - t1) * 1000
+        return work
+
+    def finish_stage(self, work: Work) -> FrameResult:
+        """Classify, track, draw, write: everything that has to see the frames in order."""
+        frame, detections, t = work.frame, work.detections, work.timings
         t2 = time.perf_counter()
         probs = self.classifier.classify(frame.image, [d.box for d in detections])
         t3 = time.perf_counter()
@@ -173,12 +201,14 @@ class Pipeline:
         if self.csv is not None:
             self.csv.write(frame, faces)
         t7 = time.perf_counter()
-        for name, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
+        for name, a, b in zip(STAGES[2:], (t2, t3, t4, t5, t6), (t3, t4, t5, t6, t7)):
             t[name] = (b - a) * 1000
         self.stats.frames += 1
         self.stats.faces += len(faces)
         self.stats.frames_without_faces += not faces
-        self.stats.skipped_frames = self.source.skipped
+        source = self.source  # None while the reading thread reopens a camera
+        if source is not None:
+            self.stats.skipped_frames = source.skipped
         self.stats.recent.append((t7, t))
         if self.records is not None:
             self.records.append(t)
@@ -201,6 +231,7 @@ class Pipeline:
         except SourceError as exc:
             if not self.source.live:
                 raise
+            self.before_reconnect()
             return self._reconnect(exc)
 
     def _reconnect(self, error: SourceError):
@@ -263,13 +294,17 @@ class Pipeline:
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
         progress = self.progress = self._progress()
+        runner = self._runner = open_runner(self)  # None: everything on this thread
+        step = runner.step if runner else self.step
         while not self._stop.is_set() and not self._quit:
             if max_frames is not None and self.stats.frames >= max_frames:
                 break
             if reload is not None and reload.is_set() and not first:  # READY=1 comes from the first frame
                 reload.clear()
+                if runner:
+                    runner.drain()  # frames already read are finished with the config they were read with
                 self.reload(load_config)
-            result = self.step()
+            result = step()
             if result is None:
                 break
             progress.update(self.stats.frames)
@@ -282,6 +317,8 @@ class Pipeline:
                 self.notifier.status(line)
                 next_stats = time.monotonic() + self.config.run.stats_interval
         progress.close()
+        if runner:
+            runner.close()
         return self.stats
 
     def _progress(self) -> Progress:
@@ -342,7 +379,7 @@ class Pipeline:
             log.warning("source, output, mqtt and web changes take effect at the next restart (systemctl restart)")
             config = dataclasses.replace(config, source=old.source, output=old.output, mqtt=old.mqtt, web=old.web)
         classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
-        detector = FaceDetector(config.detector) if config.detector != old.detector else self.detector
+        detector = open_detector(config.detector) if config.detector != old.detector else self.detector
         try:
             csv = self._reopen_csv(config, classifier.labels)
         except (DeviceError, OSError):
@@ -372,7 +409,8 @@ class Pipeline:
     def close(self) -> None:
         """Close every part, even when one fails; then raise the first failure."""
         first: BaseException | None = None
-        for part in (self.progress, self.results, self.sink, self.source, self.detector, self.csv):
+        # The runner's threads first: they use the source and the detector.
+        for part in (self._runner, self.progress, self.results, self.sink, self.source, self.detector, self.csv):
             if part is None:
                 continue
             try:
