@@ -30,6 +30,17 @@ def copy_subset(dst: Path, per_class: int, splits=("train", "val"), labels=LABEL
 
 
 @pytest.fixture(scope="session")
+def face_models() -> Path:
+    """The provisioned MediaPipe face-detection models (``python -m device models``)."""
+    from device.facemodels import FACE_MODELS
+
+    folder = ROOT / "models"
+    if not all((folder / name).is_file() for name in FACE_MODELS):
+        pytest.skip("face models missing: python -m device models")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def fer_root() -> Path:
     if not FER.is_dir():
         pytest.skip(f"FER2013 not found at {FER}")

@@ -33,20 +33,13 @@ from device import csvlog, pipeline as pipeline_mod
 from device.config import ClassifierConfig, Config, DetectorConfig, LogConfig, RunConfig, SourceConfig
 from device.csvlog import CsvLog, columns
 from device.errors import ConfigError, SourceError, WriteError
-from device.facemodels import FACE_MODELS
 from device.frames import Box, Face, Frame
+from tests.test_service import FullDisk
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_DIR = ROOT / "models"
 SHIPPED = ROOT / "models" / "emotion_fer2013.tflite"
 LABELS = ("angry", "happy", "neutral")
-
-
-@pytest.fixture(scope="module")
-def face_models() -> Path:
-    if not all((FACE_DIR / name).is_file() for name in FACE_MODELS):
-        pytest.skip("face models missing: python -m device models")
-    return FACE_DIR
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -575,21 +568,6 @@ def test_a_csv_from_before_the_run_column_is_refused_untouched(tmp_path):
 
 
 # -- 14. the header is not a row ------------------------------------------------------------------------------
-class FullDisk:
-    """``os`` for device.csvlog with a disk that refuses every write while ``full``."""
-
-    def __init__(self):
-        self.full = False
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-    def write(self, fd, data):
-        if self.full:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return os.write(fd, data)
-
-
 def test_rows_held_do_not_count_the_header(tmp_path, monkeypatch):
     disk = FullDisk()
     disk.full = True  # full before the header could be written

@@ -35,13 +35,6 @@ UNIT = ROOT / "systemd" / "emotion-device.service"
 MAX_EXPOSURE = 2.5
 
 
-@pytest.fixture(scope="module")
-def face_models() -> Path:
-    if not all((FACE_DIR / name).is_file() for name in FACE_MODELS):
-        pytest.skip("face models missing: python -m device models")
-    return FACE_DIR
-
-
 # -- sd_notify --------------------------------------------------------------------------------------
 class NotifySocket:
     """What systemd listens on: an AF_UNIX datagram socket; collects every message."""
@@ -428,19 +421,23 @@ def test_reload_swaps_the_model_and_a_broken_one_keeps_the_running_one(tmp_path,
         pipe.close()
 
 
+class FullDisk:
+    """``os`` for device.csvlog with a disk that refuses every write while ``full``."""
+
+    def __init__(self):
+        self.full = False
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+
 def test_full_disk_keeps_the_pipeline_running_and_loses_no_row(tmp_path, tflite_model, face_models,
                                                                 monkeypatch):
-    class FullDisk:
-        full = False
-
-        def __getattr__(self, name):
-            return getattr(os, name)
-
-        def write(self, fd, data):
-            if self.full:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return os.write(fd, data)
-
     disk = FullDisk()
     monkeypatch.setattr(csvlog, "os", disk)
     monkeypatch.setattr(pipeline_mod, "open_source", lambda uri, cfg=None, stop=None: FlakyCamera(None))

@@ -19,6 +19,7 @@ from device.frames import Box
 from device.sources import FrameSource
 from tests.clips import FER, Clip, one_face
 from tests.conftest import ROOT
+from tests.test_service import Recorder as EventRecorder
 
 FACE_DIR = ROOT / "models"
 MODEL = ROOT / "models" / "emotion_fer2013.tflite"  # the shipped model: real labels for the agreement check
@@ -188,33 +189,21 @@ def test_threads_and_scheduling_keep_the_rows(clip_video, tmp_path):
 
 
 # -- the runner keeps the loop's guarantees ------------------------------------------------------------
-class Recorder:
-    """A notifier that sets the reload and stop events after given frames."""
+class Recorder(EventRecorder):
+    """A notifier that records events and sets the reload and stop events after given frames."""
 
     def __init__(self, reload_at: int, stop_at: int):
-        self.events: list[str] = []
+        super().__init__()
         self.reload, self.stop = threading.Event(), threading.Event()
         self.reload_at, self.stop_at, self.frames = reload_at, stop_at, 0
 
-    def ready(self):
-        self.events.append("READY")
-
     def watchdog(self):
         self.frames += 1
-        self.events.append("WATCHDOG")
+        super().watchdog()
         if self.frames == self.reload_at:
             self.reload.set()
         if self.frames == self.stop_at:
             self.stop.set()
-
-    def status(self, text):
-        self.events.append(f"STATUS {text}")
-
-    def reloading(self):
-        self.events.append("RELOADING")
-
-    def stopping(self):
-        self.events.append("STOPPING")
 
 
 def config_for(source: Path, csv_path: Path | None = None, **run) -> Config:
