@@ -46,13 +46,13 @@ def credentials(cfg: MqttConfig) -> tuple[str | None, str | None]:
 
 
 class MqttSink:
-    def __init__(self, cfg: MqttConfig, labels: tuple[str, ...]):
+    def __init__(self, cfg: MqttConfig, labels: tuple[str, ...], run: str = ""):
         try:
             import paho.mqtt.client as paho
         except ModuleNotFoundError:
             raise ConfigError("mqtt.url: paho-mqtt is not installed (pip install 'edge-emotion[device]')") from None
         url = parse_mqtt_url(cfg.url or "")
-        self.cfg, self.labels = cfg, labels
+        self.cfg, self.labels, self.run = cfg, labels, run
         self.device_id = cfg.device_id or socket.gethostname()
         if any(ch in self.device_id for ch in "/+#"):
             raise ConfigError(f"mqtt.device_id: {self.device_id!r} may not contain / + or #")
@@ -102,7 +102,8 @@ class MqttSink:
     def publish(self, result: FrameResult, stats: "Stats") -> None:
         self._stats = stats
         if result.faces or self._had_faces:
-            message = {"timestamp": timestamp(result), "frame": result.frame.index, "source": result.frame.source,
+            message = {"timestamp": timestamp(result), "run": self.run, "frame": result.frame.index,
+                       "source": result.frame.source,
                        "faces": [face_dict(f, self.labels) for f in result.faces]}
             self._put(self.topics["faces"], json.dumps(message).encode(), False)
             self._had_faces = bool(result.faces)

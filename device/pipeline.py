@@ -133,7 +133,8 @@ class Pipeline:
             self.csv = CsvLog(config.log, self.classifier.labels, self.started_at) if config.log.csv else None
             self.sink = open_sink(config.output, self.source, float(config.source.fps))
             self.results = open_results(config, self.classifier.labels, self.sink.needs_overlay
-                                        and not self.sink.transparent, self._csv_counters)
+                                        and not self.sink.transparent, self._csv_counters,
+                                        csvlog.utc_stamp(self.started_at))
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self.close()

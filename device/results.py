@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import timezone
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from device.config import Config
+from device.csvlog import utc_stamp
 from device.frames import Face, FrameResult
 
 if TYPE_CHECKING:
@@ -67,17 +67,17 @@ class ResultSinks:
 
 
 def open_results(config: Config, labels: tuple[str, ...], annotated: bool,
-                 extra: Callable[[], dict[str, float]] = dict) -> ResultSinks:
+                 extra: Callable[[], dict[str, float]] = dict, run: str = "") -> ResultSinks:
     """The consumers that the config turns on (none by default).
 
     ``annotated``: the pipeline already draws the overlay on each frame (an output sink that shows it);
-    ``extra``: further counters for the web view (the CSV backlog).
+    ``extra``: further counters for the web view (the CSV backlog); ``run``: the CSV's run column.
     """
     sinks = ResultSinks()
     try:
         if config.mqtt.url:
             from device.mqtt import MqttSink  # paho-mqtt only when asked for
-            sinks.add(MqttSink(config.mqtt, labels))
+            sinks.add(MqttSink(config.mqtt, labels, run))
         if config.web.serve:
             from device.web import WebView
             sinks.add(WebView(config.web, labels, config.overlay, annotated,
@@ -99,8 +99,7 @@ def snapshot(stats: "Stats") -> "Stats":
 
 def timestamp(result: FrameResult) -> str:
     """The frame's UTC time as the CSV writes it (milliseconds, ``Z``)."""
-    stamp = result.frame.timestamp.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return utc_stamp(result.frame.timestamp)
 
 
 def face_dict(face: Face, labels: tuple[str, ...]) -> dict:

@@ -32,7 +32,7 @@ def check_message_matches_rows(message: dict, rows: list[dict]) -> None:
     by_track = {int(r["track_id"]): r for r in rows}
     for face in message["faces"]:
         row = by_track[face["track_id"]]
-        assert message["timestamp"] == row["timestamp"] and message["source"] == row["source"]
+        assert [message[k] for k in ("timestamp", "run", "source")] == [row[k] for k in ("timestamp", "run", "source")]
         assert [face[k] for k in ("x", "y", "w", "h")] == [int(row[k]) for k in ("x", "y", "w", "h")]
         assert face["label"] == row["label"] and f"{face['confidence']:.4f}" == row["confidence"]
         assert {k: f"{v:.4f}" for k, v in face["probs"].items()} == {label: row[f"p_{label}"] for label in LABELS}
