@@ -117,7 +117,7 @@ def read_header(path: Path) -> tuple[bool, tuple[str, ...]]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReportError(f"{path}: cannot read it as a CSV log: {exc}") from None
     has_run = header[1:2] == ["run"]
-    fixed = FIXED[:1] + ["run"] + FIXED[1:] if has_run else FIXED
+    fixed = FIXED if has_run else [c for c in FIXED if c != "run"]  # logs from before the run column
     probs = header[len(fixed):]
     if header[:len(fixed)] != fixed or not probs or not all(p.startswith("p_") for p in probs):
         raise ReportError(f"{path} is not an emotion-device CSV log (its header starts "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from device.csvlog import columns, format_rows  # noqa: E402
+from device.csvlog import columns, format_rows, utc_stamp  # noqa: E402
 from device.frames import Box, Face, Frame  # noqa: E402
 
 LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -53,7 +53,8 @@ def write_log(path: Path, rows: int, days: float = 30.0, runs: int = 4, seed: in
                 probs = rng.dirichlet(np.ones(len(LABELS)))
                 faces.append(Face(track + k, Box(10 + 60 * k, 20, 50, 50), 0.9, probs, LABELS[(label + k) % 7],
                                   float(probs.max())))
-            f.write(format_rows(Frame(image, run_frame, "cam", start + i * step), faces))
+            run = utc_stamp(start + (i - run_frame) * step)  # the run's start, as the CSV's run column says
+            f.write(format_rows(Frame(image, run_frame, "cam", start + i * step), faces, run))
             written += len(faces)
     return written
 

@@ -350,6 +350,7 @@ def test_close_runs_every_closer_even_when_one_fails():
                 raise OSError(errno.EIO, "Input/output error")
 
     pipe = pipeline_mod.Pipeline.__new__(pipeline_mod.Pipeline)
+    pipe._runner, pipe.progress, pipe.results = None, None, None
     pipe.sink, pipe.source, pipe.detector, pipe.csv = Part("sink", fails=True), Part("source"), Part("detector"), \
         Part("csv")
     with pytest.raises(WriteError, match="Input/output error") as info:

@@ -30,19 +30,20 @@ def faces_for(i: int, rng) -> list[Face]:
 
 def write(path: Path, frames: range, start: datetime, header: bool = True, seconds: float = 1.0,
           run: str | None = None) -> Counter:
-    """Rows in the CSV log's own format (a 1 fps camera); returns the labels written."""
+    """Rows in the CSV log's own format (a 1 fps camera), or without its run column (logs written before it
+    existed) when ``run`` is None; returns the labels written."""
     rng = np.random.default_rng(len(frames))
     labels: Counter = Counter()
     with open(path, "a") as f:
         if header:
             cols = columns(LABELS)
-            f.write(",".join(cols[:1] + ["run"] + cols[1:] if run else cols) + "\n")
+            f.write(",".join(cols if run else [c for c in cols if c != "run"]) + "\n")
         for i in frames:
             faces = faces_for(i, rng)
             text = format_rows(Frame(np.zeros((1, 1, 3), np.uint8), i, "cam", start + timedelta(seconds=i * seconds)),
-                               faces)
-            if run:
-                text = "".join(line.replace(",", f",{run},", 1) + "\n" for line in text.splitlines())
+                               faces, run or "NORUN")
+            if not run:
+                text = text.replace(",NORUN,", ",")
             f.write(text)
             labels.update(face.label for face in faces)
     return labels
