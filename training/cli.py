@@ -18,7 +18,7 @@ HELP = {
     "limit_per_class": "use at most this many images per class (quick looks, smoke tests)",
     "arch": "architecture", "alpha": "MobileNetV2 width multiplier", "input_size": "square input size in pixels",
     "color": "colour mode of the model input", "weights": "backbone weights: none, imagenet (needs internet) or PATH",
-    "init": "start from this Keras classifier (e.g. models/emotion_fer2013.keras): all its weights for the same"
+    "init": "start from this Keras classifier (e.g. models/emotion_fer2013_float.keras): all its weights for the same"
             " classes, its backbone under a new head for others; input size and colour default to the model's",
     "activation": "output activation (sigmoid only for 2 classes)", "dropout": "dropout before the classifier",
     "bn_momentum": "BatchNorm moving-average momentum",
