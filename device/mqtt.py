@@ -199,9 +199,10 @@ class MqttSink:
             self._cond.notify()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued for up to ``timeout`` s while connected, say ``offline``, disconnect."""
+        """Send what is queued for up to ``timeout`` s, say ``offline``, disconnect.  The wait does not need a
+        connection: a short run can end while paho is still connecting (a TLS handshake)."""
         deadline = time.monotonic() + timeout
-        while self._connected and (self._queue or self._unacked) and time.monotonic() < deadline:
+        while (self._queue or self._unacked) and time.monotonic() < deadline:
             time.sleep(0.02)
         with self._cond:
             self._closing = True

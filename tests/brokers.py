@@ -76,7 +76,7 @@ class Subscriber:
         import paho.mqtt.client as paho
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
-        self.connected = threading.Event()
+        self.connected, self.subscribed = threading.Event(), threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=not persistent, protocol=paho.MQTTv311)
         self.client.reconnect_delay_set(1, 1)
@@ -85,13 +85,14 @@ class Subscriber:
         if auth is not None:
             self.client.username_pw_set(*auth)
         self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), self.connected.set())
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
         self.client.on_message = self._on_message
         self.client.connect_async("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
-        if not self.connected.wait(10):
-            raise RuntimeError("the test subscriber could not connect")
-        time.sleep(0.2)  # the SUBACK
+        # Not before the broker's SUBACK: a message published earlier would be missed, or come back retained.
+        if not (self.connected.wait(10) and self.subscribed.wait(10)):
+            raise RuntimeError("the test subscriber could not connect and subscribe")
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
