@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square the face crop before resizing (default: the run manifest's)")
     q.add_argument("--flip-tta", action="store_true",
                    help="fold flip test-time augmentation into the model (two passes per face)")
+    q.add_argument("--zoom-tta", type=float, action="append", default=[], metavar="FRACTION",
+                   help="also average the centre crop of this fraction of the side, resized back (one more pass"
+                        " per face, two with --flip-tta); repeat for more crops, e.g. --zoom-tta 0.9")
     q.add_argument("--only-if-better", action="store_true",
                    help="with --verify: write --out only if the new model is more accurate than the one there, as"
                         " measured on the same images (its manifest's verification)")
@@ -130,9 +133,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         log.info("--calibration is used by int8 only; ignored for %s", args.mode)
     verify_data = load_labelled(args.verify, manifest) if args.verify else None
     use_tensorflow_backend()
+    if any(not 0.5 <= z < 1 for z in args.zoom_tta):
+        raise ModelError(f"--zoom-tta takes fractions from 0.5 to below 1, got {args.zoom_tta}")
     if args.flip_tta:
         opts.provenance["flip_tta"] = True
-    with KerasModel(model_path, manifest, flip_tta=args.flip_tta) as model:
+    if args.zoom_tta:
+        opts.provenance["zoom_tta"] = args.zoom_tta
+    with KerasModel(model_path, manifest, flip_tta=args.flip_tta, zoom_tta=tuple(args.zoom_tta)) as model:
         result = quantize(model, opts, images, verify_data, labelled_folder(args.verify) if args.verify else None)
     line = f"wrote {args.out} ({result.mode}) and its manifest"
     v = result.verification

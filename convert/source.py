@@ -67,16 +67,32 @@ def _keras():
     return keras
 
 
-def with_flip_tta(keras, model):
-    """Fold flip test-time augmentation into the model: the mean of the image's and its mirror's output."""
+def with_tta(keras, model, flip: bool, zooms: tuple[float, ...] = ()):
+    """Fold test-time augmentation into the model: the mean output over the image, its centre crops (each
+    ``zoom`` of the side, resized back) and, with ``flip``, the mirrors of all of them. One pass per view."""
     inputs = keras.Input(model.input_shape[1:], name="image")
-    mirrored = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(inputs)
+    size = model.input_shape[1]
+    views = [inputs]
+    for zoom in zooms:
+        side = int(round(size * zoom))
+        top = (size - side) // 2
+        # Plain slicing and resize ops: Keras's CenterCrop and Resizing layers bring random ops the converter
+        # cannot keep as builtins.
+        views.append(keras.layers.Lambda(
+            lambda t, a=top, b=top + side: keras.ops.image.resize(t[:, a:b, a:b, :], (size, size)),
+            name=f"zoom_{side}")(inputs))
+    if flip:
+        views += [keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name=f"mirror_{i}")(v)
+                  for i, v in enumerate(views)]
+
     def single(x):
         y = model(x)
         return y[0] if isinstance(y, (list, tuple)) else y
 
-    outputs = keras.layers.Average(name="flip_tta")([single(inputs), single(mirrored)])
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+    if len(views) == 1:
+        return model
+    outputs = keras.layers.Average(name="tta")([single(v) for v in views])
+    return keras.Model(inputs, outputs, name=f"{model.name}_tta")
 
 
 class KerasModel:
@@ -86,7 +102,8 @@ class KerasModel:
     file is backend-independent, and it is loaded without its optimizer.
     """
 
-    def __init__(self, path: str | Path, manifest: mf.Manifest | None = None, flip_tta: bool = False):
+    def __init__(self, path: str | Path, manifest: mf.Manifest | None = None, flip_tta: bool = False,
+                 zoom_tta: tuple[float, ...] = ()):
         self.path = resolve(path)
         self.manifest = manifest or run_manifest(self.path)
         self.sha256 = mf.sha256_file(self.path)
@@ -96,8 +113,7 @@ class KerasModel:
         except Exception as exc:  # Keras raises many types for a file it cannot load
             raise ModelError(f"cannot load {self.path} as a Keras model: {first_line(exc)}") from None
         self._check_shapes()
-        if flip_tta:
-            self.model = with_flip_tta(keras, self.model)
+        self.model = with_tta(keras, self.model, flip_tta, zoom_tta)
         self._export: tempfile.TemporaryDirectory | None = None
 
     def _check_shapes(self) -> None:

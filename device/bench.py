@@ -94,7 +94,8 @@ def bench(config: Config, frames: int, warmup: int, reference: bool = True) -> s
     faces = sum(len(seen[i].boxes) for i in sorted(seen)[-n:])
     sched = pipeline.detector.stats
     lines = [f"device bench: {n} frames from {config.source.uri}, detector {config.detector.model}, "
-             f"detect every {config.detector.detect_every}, workers {workers_for(config.run.workers)}, "
+             f"detect every {config.detector.detect_every}, classify every {config.classifier.classify_every}, "
+             f"workers {workers_for(config.run.workers)}, "
              f"classifier threads {config.classifier.threads}, output {config.output.target}, "
              f"csv {'on' if config.log.csv else 'off'}",
              f"machine: {platform.machine()}, {platform.processor() or platform.platform()}",
@@ -102,20 +103,24 @@ def bench(config: Config, frames: int, warmup: int, reference: bool = True) -> s
     if config.detector.detect_every > 1:
         lines.append(f"full detections: {sched.full} of {sched.full + sched.followed} frames "
                      f"({sched.cuts} cuts, {sched.changes} changes away from the faces, {sched.lost} faces lost by the flow)")
+    if config.classifier.classify_every > 1:
+        lines.append(f"classified: {pipeline.stats.classified} of {pipeline.stats.faces} faces")
     lines.append(f"{'stage':<10}{'median ms':>11}{'p95 ms':>9}")
     for stage in (*STAGES, "total"):
         values = [sum(r.values()) if stage == "total" else r[stage] for r in records]
         lines.append(f"{stage:<10}{np.median(values):>11.2f}{np.percentile(values, 95):>9.2f}")
     lines.append(f"end-to-end: {n / wall:.1f} fps")
-    every_frame = config.detector.detect_every == 1 and workers_for(config.run.workers) == 1
+    every_frame = (config.detector.detect_every == 1 and config.classifier.classify_every == 1
+                   and workers_for(config.run.workers) == 1)
     if reference and not is_live(config.source.uri) and not every_frame:
         base = dataclasses.replace(config, detector=dataclasses.replace(config.detector, detect_every=1),
+                                   classifier=dataclasses.replace(config.classifier, classify_every=1),
                                    run=dataclasses.replace(config.run, workers=1),
                                    output=dataclasses.replace(config.output, target="none"),
                                    log=dataclasses.replace(config.log, csv=None))
         _, _, ref_seen, _ = _run(base, frames, warmup)
         recall, agreement = compare(ref_seen, seen)
-        lines.append(f"against every-frame detection on one thread ({len(ref_seen)} frames):")
+        lines.append(f"against every-frame detection and classification on one thread ({len(ref_seen)} frames):")
         lines.append(f"recall: {recall:.3f}")
         lines.append(f"agreement: {agreement:.2f}")
     elif every_frame:

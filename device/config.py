@@ -63,6 +63,9 @@ class ClassifierConfig:
     accelerator: str = opt("auto", "auto, cpu, gpu, or PATH.so of an external delegate", "--accelerator")
     crop_margin: float | None = opt(None, "override the manifest's face-crop margin", "--crop-margin",
                                     low=0.0, high=1.0)
+    classify_every: int = opt(1, "classify a face that has not moved every N frames, keeping its probabilities "
+                              "in between (a new or moved face is classified at once); 1: every frame",
+                              "--classify-every", low=1, high=100)
 
 
 @dataclass

@@ -74,6 +74,7 @@ class Work:
 class Stats:
     frames: int = 0
     faces: int = 0
+    classified: int = 0  # faces run through the classifier (fewer than faces with --classify-every > 1)
     frames_without_faces: int = 0
     skipped_frames: int = 0
     reconnects: int = 0
@@ -183,9 +184,14 @@ class Pipeline:
         """Classify, track, draw, write: everything that has to see the frames in order."""
         frame, detections, t = work.frame, work.detections, work.timings
         t2 = time.perf_counter()
-        probs = self.classifier.classify(frame.image, [d.box for d in detections])
+        matched = self.tracker.match(detections)
+        todo = self.tracker.to_classify(detections, matched, self.config.classifier.classify_every)
+        probs: list[np.ndarray | None] = [None] * len(detections)
+        for i, p in zip(todo, self.classifier.classify(frame.image, [detections[i].box for i in todo])):
+            probs[i] = p
+        self.stats.classified += len(todo)
         t3 = time.perf_counter()
-        faces = self.tracker.update(detections, probs)
+        faces = self.tracker.update(detections, probs, matched)
         t4 = time.perf_counter()
         keep_going = True
         if self.sink.needs_overlay:

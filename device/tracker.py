@@ -5,6 +5,11 @@ first) or starts a new one.  A track's probabilities are an exponential moving
 average, and its shown label changes only when another class beats it by the
 hysteresis margin, so labels don't flicker.  Tracks expire after
 ``max_missed`` frames without a detection.
+
+With ``classify_every`` K > 1 a face that stays where it was last classified
+keeps its probabilities for up to K - 1 frames instead of being classified
+again (:meth:`Tracker.to_classify`); a new face, or one that moved, is
+classified at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from device.config import TrackerConfig
 from device.frames import Box, Detection, Face
 
 
+REUSE_IOU = 0.7  # a face that overlaps its last classified box this much has not moved enough to look again
+
+
 @dataclass
 class Track:
     track_id: int
@@ -24,6 +32,8 @@ class Track:
     probs: np.ndarray
     label_index: int
     missed: int = 0
+    classified_box: Box | None = None  # where it was last classified
+    since_classified: int = 0  # frames since then
 
 
 class Tracker:
@@ -32,8 +42,8 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, detections: list[Detection], probs: np.ndarray) -> list[Face]:
-        """Match this frame's detections (with their class probabilities) to tracks."""
+    def match(self, detections: list[Detection]) -> dict[int, Track]:
+        """Detection index -> the track it continues (greedy, highest IoU first); the tracks are not changed."""
         pairs = sorted(((t.box.iou(d.box), ti, di) for ti, t in enumerate(self.tracks)
                         for di, d in enumerate(detections)), reverse=True)
         track_for: dict[int, Track] = {}
@@ -45,26 +55,47 @@ class Tracker:
                 continue
             used.add(ti)
             track_for[di] = self.tracks[ti]
-        for ti, track in enumerate(self.tracks):
-            if ti not in used:
+        return track_for
+
+    def to_classify(self, detections: list[Detection], matched: dict[int, Track], every: int) -> list[int]:
+        """The detections that need new probabilities: all of them when ``every`` is 1; otherwise the new faces,
+        those that moved from where they were last classified, and those classified ``every`` frames ago."""
+        def fresh(di: int) -> bool:
+            track = matched.get(di)
+            return (track is not None and track.classified_box is not None and track.since_classified + 1 < every
+                    and track.classified_box.iou(detections[di].box) >= REUSE_IOU)
+        return [di for di in range(len(detections)) if every <= 1 or not fresh(di)]
+
+    def update(self, detections: list[Detection], probs, matched: dict[int, Track] | None = None) -> list[Face]:
+        """Continue the tracks with this frame's detections; ``probs[i]`` is detection i's class probabilities,
+        or None where it was not classified this frame (its track keeps its own)."""
+        track_for = self.match(detections) if matched is None else matched
+        used = {id(t) for t in track_for.values()}
+        for track in self.tracks:
+            if id(track) not in used:
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.cfg.max_missed]
 
         faces = []
         for di, det in enumerate(detections):
-            p = np.asarray(probs[di], dtype=np.float32)
             track = track_for.get(di)
-            if track is None:
-                track = Track(self._next_id, det.box, p.copy(), int(p.argmax()))
-                self._next_id += 1
-                self.tracks.append(track)
-            else:
-                s = self.cfg.smoothing
-                track.probs = s * track.probs + (1 - s) * p
+            if probs[di] is None:  # kept from its last classification (to_classify)
+                track.since_classified += 1
                 track.box, track.missed = det.box, 0
-                best = int(track.probs.argmax())
-                if track.probs[best] - track.probs[track.label_index] > self.cfg.hysteresis:
-                    track.label_index = best
+            else:
+                p = np.asarray(probs[di], dtype=np.float32)
+                if track is None:
+                    track = Track(self._next_id, det.box, p.copy(), int(p.argmax()))
+                    self._next_id += 1
+                    self.tracks.append(track)
+                else:
+                    s = self.cfg.smoothing
+                    track.probs = s * track.probs + (1 - s) * p
+                    track.box, track.missed = det.box, 0
+                    best = int(track.probs.argmax())
+                    if track.probs[best] - track.probs[track.label_index] > self.cfg.hysteresis:
+                        track.label_index = best
+                track.classified_box, track.since_classified = det.box, 0
             faces.append(Face(track.track_id, det.box, det.score, track.probs.copy(),
                               self.labels[track.label_index], float(track.probs[track.label_index])))
         return faces

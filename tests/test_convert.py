@@ -210,6 +210,36 @@ def test_tiny_run_int8_reproduces_its_float_probabilities(tiny_tflite, fer_small
     assert np.abs(int8 - float32).max() <= 2 * details["quantization"][0]
 
 
+def test_folded_tta_is_the_mean_over_the_views(cnn_run, cnn_tflite, fer_small, tmp_path):
+    """--flip-tta --zoom-tta 0.9: the .tflite's output is the mean of the Keras model's outputs on the face, its
+    centre crop of 43 px (0.9 x 48) resized back to 48, and the mirrors of both; computed here with OpenCV."""
+    import keras
+
+    from convert.cli import main
+
+    out = tmp_path / "tta.tflite"
+    assert main(["quantize", "--model", str(cnn_run), "--mode", "float32", "--flip-tta", "--zoom-tta", "0.9",
+                 "--out", str(out)]) == 0
+    assert mf.load(out.with_suffix(".json")).source["zoom_tta"] == [0.9]
+    images, _ = read_folder(fer_small / "val")
+    x = images.astype(np.float32)
+    zoomed = np.stack([cv2.resize(i[2:45, 2:45], (48, 48), interpolation=cv2.INTER_LINEAR)[..., None] for i in x])
+    model = keras.models.load_model(cnn_run / "model.keras", compile=False)
+    views = [x, x[:, :, ::-1], zoomed, zoomed[:, :, ::-1]]
+    expected = np.mean([model.predict(v, verbose=0) for v in views], axis=0)
+    got, _ = run_litert(out, images)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    plain, _ = run_litert(cnn_tflite["float32"], images)
+    assert np.abs(plain - expected).max() > 0.01  # the views matter: TTA is not a no-op here
+
+
+def test_zoom_tta_out_of_range_is_one_error_line(cnn_run, tmp_path):
+    result = cli("quantize", "--model", cnn_run, "--mode", "float32", "--zoom-tta", "1.2", "--out",
+                 tmp_path / "x.tflite")
+    assert result.returncode != 0 and len(error_lines(result.stderr)) == 1, result.stderr[-2000:]
+    assert "--zoom-tta" in error_lines(result.stderr)[0] and not (tmp_path / "x.tflite").exists()
+
+
 def test_int8_agrees_with_float_on_fer2013(cnn_tflite, fer_small):
     from convert.evaluate import agreement
 

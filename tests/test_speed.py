@@ -157,6 +157,38 @@ def test_bench_prints_recall_and_agreement_on_a_crowd_clip(clip_video):
     assert full and int(full.group(1)) < 0.6 * int(full.group(2))
 
 
+def test_classify_every_keeps_a_still_face_and_classifies_new_moved_and_due_ones():
+    import numpy as np
+
+    from device.config import TrackerConfig
+    from device.frames import Detection
+    from device.tracker import Tracker
+
+    tracker = Tracker(TrackerConfig(smoothing=0.5, hysteresis=0.1), ("happy", "sad"))
+
+    def step(dets, every, probs_for):
+        matched = tracker.match(dets)
+        todo = tracker.to_classify(dets, matched, every)
+        probs = [np.array(probs_for[i]) if i in todo else None for i in range(len(dets))]
+        return todo, tracker.update(dets, probs, matched)
+
+    a = Detection(Box(0, 0, 100, 100), 0.9)
+    assert step([a], 3, {0: [0.9, 0.1]})[0] == [0]  # a new face is classified at once
+    still = Detection(Box(2, 1, 100, 100), 0.9)  # IoU 0.95 with where it was classified
+    todo, faces = step([still], 3, {})
+    assert todo == [] and faces[0].box == still.box and faces[0].track_id == 1
+    np.testing.assert_allclose(faces[0].probs, [0.9, 0.1])  # kept, not averaged with itself
+    assert step([still], 3, {})[0] == []
+    todo, faces = step([still], 3, {0: [0.1, 0.9]})  # classified 3 frames ago: due
+    assert todo == [0]
+    np.testing.assert_allclose(faces[0].probs, [0.5, 0.5])
+    b = Detection(Box(300, 0, 100, 100), 0.9)
+    moved = Detection(Box(30, 0, 100, 100), 0.9)  # IoU 0.54: moved too far to keep its probabilities
+    todo, faces = step([moved, b], 3, {0: [0.1, 0.9], 1: [0.2, 0.8]})
+    assert todo == [0, 1] and [f.track_id for f in faces] == [1, 2]
+    assert tracker.to_classify([moved, b], tracker.match([moved, b]), 1) == [0, 1]  # 1: every face, every frame
+
+
 # -- rows: one per face per processed frame, in order, whatever the threads ------------------------------
 def row_key(row: dict) -> tuple:
     return tuple(v for k, v in row.items() if k not in ("timestamp", "run"))  # when, not what
@@ -165,7 +197,8 @@ def row_key(row: dict) -> tuple:
 @pytest.mark.skipif(not MODEL.is_file(), reason="the shipped model is missing")
 def test_threads_and_scheduling_keep_the_rows(clip_video, tmp_path):
     runs = {"threads": ("--workers", "3"), "one-thread": ("--workers", "1"),
-            "every-frame": ("--workers", "1", "--detect-every", "1")}
+            "every-frame": ("--workers", "1", "--detect-every", "1"),
+            "classify-every-3": ("--workers", "1", "--classify-every", "3")}
     rows = {}
     for name, flags in runs.items():
         out = tmp_path / f"{name}.csv"
@@ -186,6 +219,23 @@ def test_threads_and_scheduling_keep_the_rows(clip_video, tmp_path):
         by_frame.setdefault(int(r["frame"]), []).append(Box(*(int(r[k]) for k in "xywh")))
     found = sum(matched(Box(*(int(r[k]) for k in "xywh")), by_frame.get(int(r["frame"]), [])) for r in every)
     assert found / len(every) >= 0.98
+    # classification scheduling changes probabilities only: the same faces, boxes and tracks; a face's
+    # probabilities stay as they were on at least a third of the rows, and never for more than two frames
+    sparse, dense = rows["classify-every-3"], rows["one-thread"]
+    boxes = ("frame", "track_id", "x", "y", "w", "h")
+    assert [tuple(r[k] for k in boxes) for r in sparse] == [tuple(r[k] for k in boxes) for r in dense]
+    probs = [k for k in sparse[0] if k.startswith("p_")]
+    last: dict[str, tuple] = {}
+    run_length: dict[str, int] = {}
+    kept = 0
+    for r in sparse:
+        p = tuple(r[k] for k in probs)
+        same = last.get(r["track_id"]) == p
+        kept += same
+        run_length[r["track_id"]] = run_length.get(r["track_id"], 0) + 1 if same else 0
+        assert run_length[r["track_id"]] <= 2
+        last[r["track_id"]] = p
+    assert kept >= len(sparse) / 3
 
 
 # -- the runner keeps the loop's guarantees ------------------------------------------------------------

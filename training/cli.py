@@ -18,7 +18,7 @@ HELP = {
     "limit_per_class": "use at most this many images per class (quick looks, smoke tests)",
     "arch": "architecture", "alpha": "MobileNetV2 width multiplier", "input_size": "square input size in pixels",
     "color": "colour mode of the model input", "weights": "backbone weights: none, imagenet (needs internet) or PATH",
-    "init": "start from this Keras classifier (e.g. models/emotion_fer2013_float.keras): all its weights for the same"
+    "init": "start from this Keras classifier (e.g. models/emotion_fer2013.keras): all its weights for the same"
             " classes, its backbone under a new head for others; input size and colour default to the model's",
     "activation": "output activation (sigmoid only for 2 classes)", "dropout": "dropout before the classifier",
     "bn_momentum": "BatchNorm moving-average momentum",
@@ -28,6 +28,9 @@ HELP = {
     "schedule": "learning-rate schedule", "warmup_epochs": "linear warm-up epochs (cosine schedule)",
     "early_stopping": "stop after this many epochs without val accuracy gain (0: off)",
     "augment": "random flip, rotation, zoom, shift, brightness, contrast",
+    "teachers": "distil from this model (.keras or .tflite with its manifest; repeat for an ensemble): their mean "
+                "probabilities on the training images, computed once, blend into the targets",
+    "distill": "weight of the teachers' probabilities in the targets (the rest is the true label)",
     "class_weights": "loss weights against class imbalance", "mixed_precision": "train in mixed float16",
     "seed": "random seed (split, initialisation, augmentation)",
 }
@@ -40,7 +43,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         text = f"{HELP[f.name]} (default: {default})"
-        if isinstance(default, bool):
+        if isinstance(default, list):
+            parser.add_argument("--" + f.name.rstrip("s"), dest=f.name, action="append", metavar="MODEL", help=text)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(type(default).__name__, str)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class FitConfig:
     warmup_epochs: int = 1
     early_stopping: int = 0  # patience in epochs; 0 is off
     augment: bool = True
+    teachers: list[str] = field(default_factory=list)  # models whose mean predictions are distilled (distill.py)
+    distill: float = 0.5  # weight of the teachers' probabilities in the targets; the rest is the true label
     class_weights: str = "balanced"
     mixed_precision: bool = False
     seed: int = 1337
@@ -67,10 +69,13 @@ class FitConfig:
             "freeze_epochs": 0 <= self.freeze_epochs <= self.epochs, "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0, "label_smoothing": 0 <= self.label_smoothing < 1,
             "val_fraction": 0 < self.val_fraction < 1, "warmup_epochs": self.warmup_epochs >= 0,
+            "distill": 0 <= self.distill <= 1,
         }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
             raise DataError(f"{bad[0]} = {getattr(self, bad[0])!r} is out of range")
+        if self.teachers and self.activation != "softmax":
+            raise DataError("distillation (teachers) needs the softmax activation")
         return self
 
     @classmethod

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from device import manifest as mf
-from training import evaluate, init as inits, model as models
+from training import distill, evaluate, init as inits, model as models
 from training.augment import Augment
 from training.config import FitConfig
 from training.data import DataError, Splits, load_splits
@@ -146,6 +146,8 @@ def fit(cfg: FitConfig) -> Path:
     summary = data_summary(splits, weights, time.time() - started)
     log.info("data: %s", json.dumps(summary))
 
+    # Before the run folder exists: a teacher that does not fit the data leaves nothing behind.
+    soft = distill.soft_targets(cfg.teachers, splits.train, work / "soft_targets.npz") if cfg.teachers else None
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (work / "data.json").write_text(json.dumps(summary, indent=2))
@@ -154,6 +156,8 @@ def fit(cfg: FitConfig) -> Path:
 
     train_model, classifier = build_training_model(cfg, labels, channels, init)
     x_train, y_train = splits.train.x, targets(splits.train.y, num_classes, cfg.activation)
+    if soft is not None:
+        y_train = distill.blend(y_train, soft, cfg.distill)
     val = (splits.val.x, targets(splits.val.y, num_classes, cfg.activation))
     steps = int(np.ceil(len(x_train) / cfg.batch_size))
     phases = [("transfer", cfg.freeze_epochs, cfg.learning_rate)] if cfg.freeze_epochs else []
@@ -197,7 +201,7 @@ def fit(cfg: FitConfig) -> Path:
     evaluate.write_report(report, work, history_csv=work / "history.csv")
     source = {**manifest.source, "float_val_accuracy": round(report["accuracy"], 4)}
     mf.save(manifest.replace(source=source), work / "manifest.json")
-    for leftover in ("backup", "best.keras", *[f"{n}.done.weights.h5" for n, _, _ in phases]):
+    for leftover in ("backup", "best.keras", "soft_targets.npz", *[f"{n}.done.weights.h5" for n, _, _ in phases]):
         path = work / leftover
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     work.rename(final)

@@ -1,0 +1,79 @@
+"""Distillation targets: the mean probabilities of teacher models on the training images, computed once.
+
+A teacher is a Keras model (a run directory, or NAME.keras with NAME.json) or
+a .tflite with its manifest, so the shipped int8 model can teach even though
+its float parent is gone.  Each teacher sees the images the way it was
+evaluated: Keras with the horizontal flip averaged in, the .tflite as it is
+(its export already folds the flip in).  The targets are cached in the run
+directory, so a resumed run does not recompute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from training.data import DataError, Dataset
+
+log = logging.getLogger(__name__)
+
+
+def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
+    """(N, classes) probabilities of one teacher on ``data``; its classes must be the data's, in order."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"teacher {path} does not exist")
+    if path.suffix == ".tflite":
+        from convert.evaluate import predict
+        from device.classifier import open_checked
+        from device.errors import ModelError
+
+        try:
+            runtime, manifest = open_checked(path, 2, "cpu")
+        except ModelError as exc:
+            raise DataError(f"teacher {path}: {exc}") from None
+        x_probs = lambda: predict(runtime, manifest, data.x)  # noqa: E731
+    else:
+        from training.evaluate import load_run, predict_probs
+
+        model, manifest = load_run(path)
+        x_probs = lambda: predict_probs(model, data.x, manifest.activation, tta=True)  # noqa: E731
+    if tuple(manifest.labels) != tuple(data.labels):
+        raise DataError(f"teacher {path} has classes {list(manifest.labels)}, the data {list(data.labels)}")
+    if (manifest.input_size, manifest.channels) != (data.x.shape[1], data.x.shape[-1]):
+        raise DataError(f"teacher {path} takes {manifest.input_size} px with {manifest.channels} channel(s); "
+                        f"the data is {data.x.shape[1]} px with {data.x.shape[-1]}")
+    probs = np.asarray(x_probs(), dtype="float32")
+    log.info("teacher %s: train accuracy %.4f", path, float(np.mean(probs.argmax(1) == data.y)))
+    return probs
+
+
+def fingerprint(data: Dataset) -> str:
+    """Identifies the training images and their order, so cached targets are never applied to other data."""
+    digest = hashlib.sha256(data.y.astype("int32").tobytes())
+    digest.update(np.ascontiguousarray(data.x[:, ::8, ::8]).tobytes())
+    return digest.hexdigest()
+
+
+def soft_targets(teachers: list[str], data: Dataset, cache: Path) -> np.ndarray:
+    """The teachers' mean probabilities on ``data`` (cached in ``cache``, an .npz)."""
+    key = fingerprint(data) + "|" + "|".join(teachers)
+    if cache.exists():
+        with np.load(cache) as saved:
+            if str(saved["key"]) == key:
+                return saved["probs"]
+    probs = np.mean([teacher_probs(t, data) for t in teachers], axis=0).astype("float32")
+    log.info("teacher ensemble: train accuracy %.4f", float(np.mean(probs.argmax(1) == data.y)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, probs=probs, key=np.array(key))
+    tmp.replace(cache)
+    return probs
+
+
+def blend(one_hot: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """Training targets: ``weight`` of the teachers' probabilities, the rest the true label."""
+    return ((1.0 - weight) * one_hot + weight * teacher).astype("float32")
