@@ -120,6 +120,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square,
                    only_if_better=args.only_if_better)
     # Everything that can be checked without TensorFlow is checked first.
+    if any(not 0.5 <= z < 1 for z in args.zoom_tta):
+        raise ModelError(f"--zoom-tta takes fractions from 0.5 to below 1, got {args.zoom_tta}")
     model_path = resolve(args.model)
     manifest = run_manifest(model_path)
     images = None
@@ -133,8 +135,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         log.info("--calibration is used by int8 only; ignored for %s", args.mode)
     verify_data = load_labelled(args.verify, manifest) if args.verify else None
     use_tensorflow_backend()
-    if any(not 0.5 <= z < 1 for z in args.zoom_tta):
-        raise ModelError(f"--zoom-tta takes fractions from 0.5 to below 1, got {args.zoom_tta}")
     if args.flip_tta:
         opts.provenance["flip_tta"] = True
     if args.zoom_tta:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device import manifest as mf
 from training.data import DataError, Dataset
 
 log = logging.getLogger(__name__)
@@ -35,20 +36,25 @@ def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
             runtime, manifest = open_checked(path, 2, "cpu")
         except ModelError as exc:
             raise DataError(f"teacher {path}: {exc}") from None
-        x_probs = lambda: predict(runtime, manifest, data.x)  # noqa: E731
+        check_fits(path, manifest, data)
+        probs = predict(runtime, manifest, data.x)
     else:
         from training.evaluate import load_run, predict_probs
 
         model, manifest = load_run(path)
-        x_probs = lambda: predict_probs(model, data.x, manifest.activation, tta=True)  # noqa: E731
+        check_fits(path, manifest, data)
+        probs = predict_probs(model, data.x, manifest.activation, tta=True)
+    probs = np.asarray(probs, dtype="float32")
+    log.info("teacher %s: train accuracy %.4f", path, float(np.mean(probs.argmax(1) == data.y)))
+    return probs
+
+
+def check_fits(path: Path, manifest: mf.Manifest, data: Dataset) -> None:
     if tuple(manifest.labels) != tuple(data.labels):
         raise DataError(f"teacher {path} has classes {list(manifest.labels)}, the data {list(data.labels)}")
     if (manifest.input_size, manifest.channels) != (data.x.shape[1], data.x.shape[-1]):
         raise DataError(f"teacher {path} takes {manifest.input_size} px with {manifest.channels} channel(s); "
                         f"the data is {data.x.shape[1]} px with {data.x.shape[-1]}")
-    probs = np.asarray(x_probs(), dtype="float32")
-    log.info("teacher %s: train accuracy %.4f", path, float(np.mean(probs.argmax(1) == data.y)))
-    return probs
 
 
 def fingerprint(data: Dataset) -> str:
