@@ -1,8 +1,8 @@
 """Distillation targets: the mean probabilities of teacher models on the training images, computed once.
 
 A teacher is a Keras model (a run directory, or NAME.keras with NAME.json) or
-a .tflite with its manifest, so the shipped int8 model can teach even though
-its float parent is gone.  Each teacher sees the images the way it was
+a .tflite with its manifest, so an int8 model whose float parent was not kept
+(run 1 in the model card) can still teach.  Each teacher sees the images the way it was
 evaluated: Keras with the horizontal flip averaged in, the .tflite as it is
 (its export already folds the flip in).  The targets are cached in the run
 directory, so a resumed run does not recompute them.
