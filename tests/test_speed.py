@@ -11,12 +11,15 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from device.config import ClassifierConfig, Config, DetectorConfig, LogConfig, RunConfig, SourceConfig
+from device.config import (ClassifierConfig, Config, DetectorConfig, LogConfig, RunConfig, SourceConfig,
+                           TrackerConfig)
 from device.errors import SourceError
-from device.frames import Box
+from device.frames import Box, Detection
 from device.sources import FrameSource
+from device.tracker import Tracker
 from tests.clips import FER, Clip, one_face
 from tests.conftest import ROOT
 from tests.test_service import Recorder as EventRecorder
@@ -158,12 +161,6 @@ def test_bench_prints_recall_and_agreement_on_a_crowd_clip(clip_video):
 
 
 def test_classify_every_keeps_a_still_face_and_classifies_new_moved_and_due_ones():
-    import numpy as np
-
-    from device.config import TrackerConfig
-    from device.frames import Detection
-    from device.tracker import Tracker
-
     tracker = Tracker(TrackerConfig(smoothing=0.5, hysteresis=0.1), ("happy", "sad"))
 
     def step(dets, every, probs_for):
