@@ -366,6 +366,10 @@ def test_bad_values_raise_data_error(tmp_path):
         SearchSpace(optimizer=("rmsprop",))
     with pytest.raises(DataError, match="steps"):
         bench(tiny_cfg(tmp_path, tmp_path / "b"), steps=0)
+    with pytest.raises(DataError, match="averages nothing"):
+        FitConfig(data="d", epochs=5, swa_epochs=1).validate()
+    with pytest.raises(DataError, match="swa_epochs"):
+        FitConfig(data="d", epochs=5, freeze_epochs=2, swa_epochs=4).validate()
     assert not (tmp_path / "t.incomplete").exists()
 
 

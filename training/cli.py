@@ -1,4 +1,4 @@
-"""``python -m training {fit,evaluate,predict,tune,bench}``."""
+"""``python -m training {fit,evaluate,predict,average,tune,bench}``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ HELP = {
     "teachers": "distil from this model (.keras or .tflite with its manifest; repeat for an ensemble): their mean "
                 "probabilities on the training images, computed once, blend into the targets",
     "distill": "weight of the teachers' probabilities in the targets (the rest is the true label)",
+    "swa_epochs": "also average the weights of the last N epochs (SWA; BatchNorm measured again on the training "
+                  "images) and keep that model if it beats the best epoch on val (0: off)",
     "class_weights": "loss weights against class imbalance", "mixed_precision": "train in mixed float16",
     "seed": "random seed (split, initialisation, augmentation)",
 }
@@ -86,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="CSV to write")
     pr.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
 
+    avg = sub.add_parser("average", help="one model from the mean of several models' weights (model soup, SWA); "
+                         "BatchNorm measured again on the training images")
+    avg.add_argument("--model", required=True, action="append", help="run directory or .keras with its manifest; "
+                     "repeat (at least two, one architecture and class set)")
+    avg.add_argument("--data", required=True, help="the training data (its training images set BatchNorm; its "
+                     "val split is reported)")
+    avg.add_argument("--out", required=True, help="run directory to create")
+    avg.add_argument("--weights", help="comma-separated weight per --model (default: equal)")
+
     tune = sub.add_parser("tune", help="KerasTuner search; writes a results table")
     add_fit_arguments(tune)
     tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
@@ -123,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from training.evaluate import predict_cli
             print(f"wrote {predict_cli(args.model, args.data, args.out, args.tta)} rows to {args.out}")
+        elif args.command == "average":
+            from training.average import average, valid_weights
+            print(average(args.model, args.data, args.out, valid_weights(args.weights)))
         elif args.command == "tune":
             from training.tune import tune
             print(tune(fit_config(args), args.tuner, args.trials))

@@ -53,6 +53,7 @@ class FitConfig:
     augment: bool = True
     teachers: list[str] = field(default_factory=list)  # models whose mean predictions are distilled (distill.py)
     distill: float = 0.5  # weight of the teachers' probabilities in the targets; the rest is the true label
+    swa_epochs: int = 0  # average the last N epochs' weights (SWA) and keep that if it beats the best epoch
     class_weights: str = "balanced"
     mixed_precision: bool = False
     seed: int = 1337
@@ -70,10 +71,13 @@ class FitConfig:
             "learning_rate": self.learning_rate > 0, "label_smoothing": 0 <= self.label_smoothing < 1,
             "val_fraction": 0 < self.val_fraction < 1, "warmup_epochs": self.warmup_epochs >= 0,
             "distill": 0 <= self.distill <= 1,
+            "swa_epochs": 0 <= self.swa_epochs <= self.epochs - self.freeze_epochs,
         }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
             raise DataError(f"{bad[0]} = {getattr(self, bad[0])!r} is out of range")
+        if self.swa_epochs == 1:
+            raise DataError("swa_epochs = 1 averages nothing; give 0 (off) or at least 2")
         if self.teachers and self.activation != "softmax":
             raise DataError("distillation (teachers) needs the softmax activation")
         return self

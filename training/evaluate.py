@@ -18,10 +18,15 @@ from training.data import IMAGE_SUFFIXES, DataError, Dataset, load_folder_for, l
 log = logging.getLogger(__name__)
 
 
+def model_file(run: str | Path) -> Path:
+    """A run directory's model.keras, or the .keras file given."""
+    run = Path(run)
+    return run / "model.keras" if run.is_dir() else run
+
+
 def load_run(run: str | Path) -> tuple[keras.Model, mf.Manifest]:
     """A run directory (or a model.keras inside one) -> (model, manifest)."""
-    run = Path(run)
-    model_path = run / "model.keras" if run.is_dir() else run
+    model_path = model_file(run)
     if not model_path.exists():
         hint = " (the run is not finished yet)" if model_path.parent.name.endswith(".incomplete") else ""
         raise DataError(f"no model at {model_path}{hint}")

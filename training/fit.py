@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from device import manifest as mf
-from training import distill, evaluate, init as inits, model as models
+from training import average, distill, evaluate, init as inits, model as models
 from training.augment import Augment
 from training.config import FitConfig
 from training.data import DataError, Splits, load_splits
@@ -182,6 +182,8 @@ def fit(cfg: FitConfig) -> Path:
             keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
             timer,
         ]
+        if cfg.swa_epochs and name == "train":
+            callbacks.append(Snapshots(classifier, work / "snapshots", first_epoch + epochs - cfg.swa_epochs))
         if cfg.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3))
         if cfg.early_stopping:
@@ -192,21 +194,49 @@ def fit(cfg: FitConfig) -> Path:
                         callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
         train_model.save_weights(done_marker)
         first_epoch += epochs
-    # The shipped model is the best epoch's classifier, without the augmentation layer.
+    # The shipped model is the best epoch's classifier, without the augmentation layer, or the SWA model.
     best = keras.models.load_model(work / "best.keras", compile=False).get_layer(CLASSIFIER)
-    best.save(work / "model.keras")
     report = evaluate.evaluate_model(best, splits.val, manifest)
+    source = dict(manifest.source)
+    if cfg.swa_epochs:
+        snapshots = sorted((work / "snapshots").glob("epoch_*.weights.h5"))
+        swa_model = average.swa(classifier, snapshots, x_train)
+        swa_report = evaluate.evaluate_model(swa_model, splits.val, manifest)
+        keep = swa_report["accuracy"] > report["accuracy"]
+        source["swa"] = {"epochs": len(snapshots), "val_accuracy": round(swa_report["accuracy"], 4),
+                         "best_epoch_val_accuracy": round(report["accuracy"], 4),
+                         "kept": "swa" if keep else "best epoch"}
+        log.info("SWA of the last %d epochs: val accuracy %.4f, best epoch %.4f; keeping the %s", len(snapshots),
+                 swa_report["accuracy"], report["accuracy"], source["swa"]["kept"])
+        if keep:
+            best, report = swa_model, swa_report
+    best.save(work / "model.keras")
     report["training"] = {"epochs_this_process": timer.epochs, "seconds_this_process": round(timer.seconds, 1),
                           "images_per_second": round(timer.epochs * len(x_train) / max(timer.seconds, 1e-9), 1)}
     evaluate.write_report(report, work, history_csv=work / "history.csv")
-    source = {**manifest.source, "float_val_accuracy": round(report["accuracy"], 4)}
+    source["float_val_accuracy"] = round(report["accuracy"], 4)
     mf.save(manifest.replace(source=source), work / "manifest.json")
-    for leftover in ("backup", "best.keras", "soft_targets.npz", *[f"{n}.done.weights.h5" for n, _, _ in phases]):
+    markers = [f"{n}.done.weights.h5" for n, _, _ in phases]
+    for leftover in ("backup", "best.keras", "soft_targets.npz", "snapshots", *markers):
         path = work / leftover
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     work.rename(final)
     log.info("run complete: %s (val accuracy %.4f)", final, report["accuracy"])
     return final
+
+
+class Snapshots(keras.callbacks.Callback):
+    """The classifier's weights after each epoch from ``first`` on (0-based), for SWA; on disk, so that a
+    resumed run still has the epochs trained before the interruption."""
+
+    def __init__(self, classifier: keras.Model, folder: Path, first: int):
+        super().__init__()
+        self.classifier, self.folder, self.first = classifier, folder, first
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.first:
+            self.folder.mkdir(exist_ok=True)
+            self.classifier.save_weights(self.folder / f"epoch_{epoch + 1:03d}.weights.h5")
 
 
 class EpochTimer(keras.callbacks.Callback):
