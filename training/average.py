@@ -1,9 +1,9 @@
 """``python -m training average``: one model from the mean of several models' weights (a "model soup", or SWA).
 
-Models of one architecture trained from the same start (a warm restart and its
-parent, or the epoch snapshots of one run) lie in one basin of the loss, so the
-mean of their weights is itself a good model, often better than each, at the
-cost of one model.  Averaged BatchNorm statistics do not belong to the averaged
+The epoch snapshots of one run lie in one basin of the loss, so the mean of
+their weights is itself a good model, often better than each, at the cost of
+one model.  Models further apart may not be (a warm restart averaged with its
+parent scored below the restart alone: models/MODEL.md), so measure.  Averaged BatchNorm statistics do not belong to the averaged
 weights, so they are measured again: the model runs over the training images
 in training mode, and each BatchNorm layer keeps the exact mean over all
 batches of its batch mean and variance (PyTorch's ``update_bn`` does the same).
