@@ -3,15 +3,16 @@
 The epoch snapshots of one run lie in one basin of the loss, so the mean of
 their weights is itself a good model, often better than each, at the cost of
 one model.  Models further apart may not be (a warm restart averaged with its
-parent scored below the restart alone: models/MODEL.md), so measure.  Averaged BatchNorm statistics do not belong to the averaged
-weights, so they are measured again: the model runs over the training images
-in training mode, and each BatchNorm layer keeps the exact mean over all
-batches of its batch mean and variance (PyTorch's ``update_bn`` does the same).
+parent scored below the restart alone: models/MODEL.md), so measure.
+
+Averaged BatchNorm statistics do not belong to the averaged weights, so they
+are measured again: the model runs over the training images in training mode,
+and each BatchNorm layer keeps the exact mean over all batches of its batch
+mean and variance (PyTorch's ``update_bn`` does the same).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def average(paths: list[str], data: str, out: str, weights: list[float] | None =
     parents = []
     for i, (path, (_, manifest)) in enumerate(zip(paths, loaded)):
         file = evaluate.model_file(path)
-        parents.append({"model": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        parents.append({"model": str(file), "sha256": mf.sha256_file(file),
                         "weight": 1.0 if weights is None else weights[i],
                         "float_val_accuracy": manifest.source.get("float_val_accuracy")})
     # The first model's lineage (parent, recipe, epochs) stays: for snapshots of one run it is theirs.
