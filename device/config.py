@@ -114,8 +114,9 @@ class RunConfig:
                                   "--no-frame-timeout", low=1.0, high=86400.0)
     reconnect_max_delay: float = opt(10.0, "longest wait between camera reconnects", "--reconnect-max-delay",
                                      low=0.1, high=600.0)
-    workers: int | None = opt(None, "threads for the stages (read, detect, classify+track+output), up to 3; "
-                              "1: all on one thread; default: the CPU count", "--workers", low=1, high=64)
+    workers: int | None = opt(None, "threads for the stages (read, detect, classify+track+output), up to 3, "
+                              "plus one that runs full detections ahead; 1: all on one thread; default: the "
+                              "CPU count", "--workers", low=1, high=64)
 
 
 @dataclass

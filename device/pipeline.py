@@ -36,7 +36,7 @@ from device.manifest import write_atomic
 from device.preprocess import crop_face
 from device.progress import Progress
 from device.results import ResultSinks, open_results
-from device.runner import open_runner
+from device.runner import open_runner, workers_for
 from device.scheduler import ScheduledDetector, open_detector
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
@@ -124,7 +124,7 @@ class Pipeline:
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
-            self.detector = open_detector(config.detector)
+            self.detector = open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
             self._check_outputs()  # an unwritable path is exit 73 before the camera opens
             self.source = None if self._stop.is_set() else self._open_source()
@@ -172,11 +172,12 @@ class Pipeline:
             if self.source is not None:  # an unreadable last image counts too
                 self.stats.skipped_frames = self.source.skipped
             return None
+        self.detector.offer(frame.index, frame.image)
         return Work(frame, {"decode": (time.perf_counter() - t0) * 1000})
 
     def detect_stage(self, work: Work) -> Work:
         t1 = time.perf_counter()
-        work.detections = self.detector.detect(work.frame.image)
+        work.detections = self.detector.detect(work.frame.image, work.frame.index)
         work.timings["detect"] = (time.perf_counter() - t1) * 1000
         return work
 
@@ -386,7 +387,8 @@ class Pipeline:
             log.warning("source, output, mqtt and web changes take effect at the next restart (systemctl restart)")
             config = dataclasses.replace(config, source=old.source, output=old.output, mqtt=old.mqtt, web=old.web)
         classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
-        detector = open_detector(config.detector) if config.detector != old.detector else self.detector
+        detector = (open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
+                    if config.detector != old.detector else self.detector)
         try:
             csv = self._reopen_csv(config, classifier.labels)
         except (DeviceError, OSError):

@@ -7,7 +7,9 @@ locks.  Threads can use the cores because the heavy parts run without the GIL:
 MediaPipe's detect() waits on a lock while its graph runs on native threads,
 and LiteRT's invoke and OpenCV's calls release the GIL.  ``finish`` runs on the caller's thread (the main one),
 where signals, SIGHUP reloads, the watchdog and the CSV live as before.  With
-two workers capture and detection share one thread; with one there is no
+two workers the caller's thread detects too: the reading thread runs ahead of
+it, so that the scheduler's lookahead (device.scheduler) can run the full
+detections on a thread of its own meanwhile.  With one worker there is no
 runner at all (``Pipeline.step`` does everything).
 """
 
@@ -80,7 +82,7 @@ class Runner:
             stages = [(self._produce, (budget, p.read_stage, decoded)),
                       (self._transform, (p.detect_stage, decoded, self._out))]
         else:
-            stages = [(self._produce, (budget, lambda: _then(p.read_stage(), p.detect_stage), self._out))]
+            stages = [(self._produce, (budget, p.read_stage, self._out))]
         self._threads = [threading.Thread(target=fn, args=args, name=f"device-stage-{i}", daemon=True)
                          for i, (fn, args) in enumerate(stages)]
         for thread in self._threads:
@@ -158,9 +160,13 @@ class Runner:
                 self._ended = True
                 self._join()
                 raise item
-            result = self.pipeline.finish_stage(item)
+            result = self.pipeline.finish_stage(self._detected(item))
             self._finished += 1
             return result
+
+    def _detected(self, work: "Work") -> "Work":
+        """With two workers the detect stage runs here, on the caller's thread; with three it has run."""
+        return work if self.workers >= 3 else self.pipeline.detect_stage(work)
 
     def drain(self) -> None:
         """Stop reading and finish every frame already read, in order (before a reload swaps the models);
@@ -181,7 +187,7 @@ class Runner:
                 if item is not END:
                     raise item
                 return
-            self.pipeline.finish_stage(item)
+            self.pipeline.finish_stage(self._detected(item))
             self._finished += 1
         self.close()
 
@@ -197,6 +203,3 @@ class Runner:
                 log.warning("%s still busy after %.0f s; leaving it", thread.name, JOIN_TIMEOUT)
         self._threads = []
 
-
-def _then(work: "Work | None", fn: Callable[["Work"], "Work"]) -> "Work | None":
-    return None if work is None else fn(work)

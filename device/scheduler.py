@@ -19,6 +19,12 @@ The boxes keep the full-range model's convention (size and offset around the
 face), so crops and classification don't drift.  A face that enters the frame
 is found by the next full detection: within ``detect_every`` frames.
 
+With more than one worker, ``Lookahead`` runs the periodic full detections
+ahead, on its own thread and its own detector, on the frames where the
+schedule will want them: the reading stage offers each frame as it is decoded,
+and the detect stage takes the result when it gets there.  The schedule and
+the boxes are exactly those of one thread; only the waiting goes.
+
 Flow was chosen by measurement (scripts/measure_followers.py, on a busy
 machine): about 0.5 ms a face, against 0.6 ms for OpenCV's MOSSE (no scale, no
 failure check), 5-9 ms for KCF, 2-3 ms for the short-range model on a crop
@@ -29,6 +35,8 @@ full-frame detection.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -58,21 +66,95 @@ class ScheduleStats:
     cuts: int = 0
     changes: int = 0  # full detections for a change away from the followed faces
     lost: int = 0
+    ahead: int = 0  # full detections that the lookahead had run (or was running) on another thread
 
 
-def open_detector(cfg: DetectorConfig) -> "ScheduledDetector":
-    """The face detector of ``cfg`` (a DetectorConfig), scheduled every ``cfg.detect_every`` frames."""
+def open_detector(cfg: DetectorConfig, ahead: bool = False) -> "ScheduledDetector":
+    """The face detector of ``cfg`` (a DetectorConfig), scheduled every ``cfg.detect_every`` frames;
+    ``ahead``: full detections run ahead on a second detector and thread (for more than one worker)."""
     from device.detector import FaceDetector
-    return ScheduledDetector(FaceDetector(cfg), cfg.detect_every)
+    detector = FaceDetector(cfg)
+    try:
+        lookahead = Lookahead(FaceDetector(cfg), cfg.detect_every) if ahead else None
+    except BaseException:
+        detector.close()
+        raise
+    return ScheduledDetector(detector, cfg.detect_every, lookahead)
+
+
+def full_detection(detector, bgr: np.ndarray) -> tuple[list[Detection], int]:
+    """A full-frame detection and its near misses (candidates just under the threshold)."""
+    found = detector.detect(bgr)
+    return found, getattr(detector, "near_misses", 0)
+
+
+class Lookahead:
+    """Runs full detections ahead, on a thread of its own, on the frames where the schedule will want them.
+
+    ``offer`` (the reading stage) hands over each decoded frame; ``expect`` (the detect stage) says where the
+    next periodic detection falls after a full detection, and the chain goes on every ``every`` frames from
+    there; ``take`` gives the result for a frame, waiting if it is still running, or None when that frame
+    was not detected ahead.  ``detector`` must be a second instance: MediaPipe's is one thread's at a time."""
+
+    KEEP = 8  # offered frames kept for an expect() that comes after the reader has passed them (a bound:
+    # take() drops the frames the detect stage has passed, and the reader is a queue's depth ahead)
+
+    def __init__(self, detector, every: int):
+        self.detector, self.every = detector, max(1, every)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="device-detect-ahead")
+        self._lock = threading.Lock()
+        self._frames: dict[int, np.ndarray] = {}  # offered frames, by index
+        self._jobs: dict[int, tuple[np.ndarray, Future]] = {}
+        self._next: int | None = None  # the next frame of the chain; None until the first expect()
+
+    def offer(self, index: int, image: np.ndarray) -> None:
+        with self._lock:
+            self._frames[index] = image
+            while len(self._frames) > self.KEEP:
+                del self._frames[next(iter(self._frames))]
+            self._submit()
+
+    def expect(self, index: int) -> None:
+        with self._lock:
+            if index == self._next or index in self._jobs:
+                return  # the chain already runs through it
+            for job in self._jobs.values():
+                job[1].cancel()
+            self._jobs = {}
+            self._next = index
+            self._submit()
+
+    def _submit(self) -> None:
+        """Start every frame of the chain that has been offered (under the lock)."""
+        while self._next is not None and self._next in self._frames:
+            image = self._frames[self._next]
+            self._jobs[self._next] = (image, self._pool.submit(full_detection, self.detector, image))
+            self._next += self.every
+
+    def take(self, index: int, image: np.ndarray) -> tuple[list[Detection], int] | None:
+        with self._lock:
+            job = self._jobs.pop(index, None)
+            for old in [i for i in self._jobs if i < index]:
+                self._jobs.pop(old)[1].cancel()
+            for old in [i for i in self._frames if i <= index]:
+                del self._frames[old]
+        if job is None or job[0] is not image:  # not run ahead, or another frame with this index (a new source)
+            return None
+        return job[1].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.detector.close()
 
 
 class ScheduledDetector:
     """Wraps a detector (``detect(bgr) -> list[Detection]``, ``close()``) and has the same interface.
-    One thread at a time: it keeps the last frame."""
+    One thread at a time (it keeps the last frame), besides ``offer`` from the reading stage."""
 
-    def __init__(self, detector, detect_every: int = 1):
+    def __init__(self, detector, detect_every: int = 1, lookahead: Lookahead | None = None):
         self.detector = detector
         self.detect_every = max(1, detect_every)
+        self.lookahead = lookahead
         self.stats = ScheduleStats()
         self._since_full = 0
         self._faces: list[Detection] = []
@@ -85,10 +167,28 @@ class ScheduledDetector:
     def cfg(self):
         return self.detector.cfg
 
-    def detect(self, bgr: np.ndarray) -> list[Detection]:
+    def offer(self, index: int, bgr: np.ndarray) -> None:
+        """A frame just decoded, before detect() gets to it: the lookahead may start on it."""
+        if self.lookahead is not None:
+            self.lookahead.offer(index, bgr)
+
+    def _full(self, bgr: np.ndarray, index: int | None) -> tuple[list[Detection], int]:
+        self.stats.full += 1
+        done = self.lookahead.take(index, bgr) if self.lookahead is not None and index is not None else None
+        self.stats.ahead += done is not None
+        return done if done is not None else full_detection(self.detector, bgr)
+
+    def _next_full(self, index: int | None, after: int) -> None:
+        """The next full detection falls ``after`` frames after frame ``index``, unless something triggers one."""
+        if self.lookahead is not None and index is not None:
+            self.lookahead.expect(index + after)
+
+    def detect(self, bgr: np.ndarray, index: int | None = None) -> list[Detection]:
+        """Faces in frame number ``index`` (the lookahead needs it; without it every detection is run here)."""
         if self.detect_every == 1:  # today's behaviour, without the grey frames
-            self.stats.full += 1
-            return self.detector.detect(bgr)
+            found = self._full(bgr, index)[0]
+            self._next_full(index, 1)
+            return found
         gray = pyramid(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
         thumb = cv2.resize(gray[-1], THUMB, interpolation=cv2.INTER_AREA)
         diff = cv2.absdiff(thumb, self._thumb) if self._thumb is not None else None
@@ -101,17 +201,17 @@ class ScheduledDetector:
                 followed = None  # something appeared or moved where no face is followed: maybe a new face
                 self.stats.changes += 1
         if followed is None:
-            found = self.detector.detect(bgr)
+            found, near_misses = self._full(bgr, index)
             # a face that the detector missed this time (a blink of its score, or it left): look again at once
             missed = any(max((f.box.iou(d.box) for d in found), default=0.0) < MATCH_IOU for f in self._faces)
             # a candidate just under the threshold may be a face that the next frame confirms; look again
             # at once, but not on every frame for a face-like poster
-            doubtful = getattr(self.detector, "near_misses", 0) > 0 and not self._doubtful
+            doubtful = near_misses > 0 and not self._doubtful
             self._recheck = not cut and (missed or doubtful)
             self._doubtful = doubtful
             self._faces = found
             self._since_full = 0
-            self.stats.full += 1
+            self._next_full(index, 1 if self._recheck else self.detect_every)
         else:
             self._faces = followed
             self._since_full += 1
@@ -147,7 +247,11 @@ class ScheduledDetector:
         return int(changed.sum()) >= CHANGE_CELLS
 
     def close(self) -> None:
-        self.detector.close()
+        try:
+            if self.lookahead is not None:
+                self.lookahead.close()
+        finally:
+            self.detector.close()
 
 
 def pyramid(gray: np.ndarray, levels: int = LEVELS) -> list[np.ndarray]:

@@ -4,6 +4,7 @@ real faces (tests/clips.py: FER2013 faces and packaged portraits, 1-6 faces ente
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 import subprocess
@@ -112,6 +113,84 @@ def test_detect_every_1_is_todays_detector(clip):
     assert scheduled.stats.full == 3 and scheduled.stats.followed == 0
 
 
+def run_ahead(scheduled, frames, lead: int = 4) -> list[list[Box]]:
+    """The runner's order of calls: the reading stage offers each frame ``lead`` frames before detect() gets it."""
+    used = []
+    for i in range(len(frames) + lead):
+        if i < len(frames):
+            scheduled.offer(i, frames[i])
+        if i >= lead:
+            used.append([d.box for d in scheduled.detect(frames[i - lead], i - lead)])
+    return used
+
+
+@pytest.mark.parametrize("scene", ["crowd", "one"])
+def test_lookahead_runs_full_detections_ahead_and_changes_no_box(scene):
+    from device.detector import FaceDetector
+    from device.scheduler import Lookahead, ScheduledDetector
+
+    need_data()
+    clip = Clip(frames=150) if scene == "crowd" else Clip(frames=150, actors=one_face(150))
+    frames = [clip.frame(i) for i in range(clip.frames)]
+    cfg = DetectorConfig(models_dir=str(FACE_DIR))
+    alone = ScheduledDetector(FaceDetector(cfg), DEFAULT_EVERY)
+    ahead = ScheduledDetector(FaceDetector(cfg), DEFAULT_EVERY, Lookahead(FaceDetector(cfg), DEFAULT_EVERY))
+    try:
+        expected = [[d.box for d in alone.detect(f)] for f in frames]
+        used = run_ahead(ahead, frames)
+    finally:
+        alone.close()
+        ahead.close()
+    # the same schedule and the same boxes as on one thread: the second detector sees the same frames
+    assert used == expected and ahead.stats == dataclasses.replace(alone.stats, ahead=ahead.stats.ahead)
+    assert ahead.lookahead._pool._shutdown
+    periodic = ahead.stats.full - ahead.stats.cuts - ahead.stats.changes - 1  # less the first frame
+    if scene == "one":  # one face, one cut: every periodic detection was run ahead
+        assert ahead.stats.ahead >= periodic > 0.25 * clip.frames
+    else:  # faces entering and leaving trigger detections off the chain; those run here
+        assert 0.5 * ahead.stats.full <= ahead.stats.ahead < ahead.stats.full
+
+
+class Counting:
+    """A fake detector: one face at a fixed box; records the frames it ran on; fails on a given frame value."""
+
+    cfg = DetectorConfig()
+
+    def __init__(self, fail_on: int | None = None):
+        self.ran, self.fail_on, self.near_misses, self.closed = [], fail_on, 0, False
+
+    def detect(self, bgr):
+        self.ran.append(int(bgr[0, 0, 0]))
+        if bgr[0, 0, 0] == self.fail_on:
+            raise RuntimeError("detector failed")
+        return [Detection(Box(100, 100, 80, 80), 0.9)]
+
+    def close(self):
+        self.closed = True
+
+
+def test_lookahead_follows_the_schedule_resets_after_a_source_change_and_passes_errors_on():
+    from device.scheduler import Lookahead, ScheduledDetector
+
+    frames = [np.full((240, 320, 3), i, np.uint8) for i in range(12)]
+    here, there = Counting(), Counting()
+    scheduled = ScheduledDetector(here, 1, Lookahead(there, 1))  # every frame: the lookahead does them all
+    assert run_ahead(scheduled, frames) == [[Box(100, 100, 80, 80)]] * 12
+    assert here.ran == [0] and there.ran == list(range(1, 12))  # the first frame starts the chain
+    assert scheduled.stats.full == 12 and scheduled.stats.ahead == 11
+    # a new source numbers its frames from 0 again: other images under the same indices run here
+    fresh = [np.full((240, 320, 3), 100 + i, np.uint8) for i in range(3)]
+    scheduled.offer(0, fresh[0])
+    assert scheduled.detect(fresh[0], 0) and here.ran[-1] == 100
+    # an error on the lookahead's thread is raised by detect(), on the detect stage's thread
+    failing = ScheduledDetector(Counting(), 1, Lookahead(Counting(fail_on=2), 1))
+    with pytest.raises(RuntimeError, match="detector failed"):
+        run_ahead(failing, frames)
+    scheduled.close()
+    failing.close()
+    assert here.closed and there.closed and failing.lookahead.detector.closed
+
+
 def test_flow_follows_a_moving_face_and_gives_up_on_a_blank():
     import cv2
     import numpy as np
@@ -141,8 +220,9 @@ def test_compare_counts_recall_and_label_agreement():
     run = {0: Seen((Box(15, 12, 100, 100),), ("happy",)),  # other missed
            1: Seen((Box(60, 60, 100, 100), face), ("sad", "angry")),  # matched by the second box; label differs
            2: Seen((Box(12, 10, 98, 100),), ("happy",))}
-    recall, agreement = compare(reference, run)
+    recall, agreement, extra = compare(reference, run)
     assert recall == pytest.approx(3 / 4) and agreement == pytest.approx(2 / 3)
+    assert extra == pytest.approx(1 / 4)  # of 4 boxes used, (60, 60) matches no reference face
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason="the shipped model is missing")
@@ -155,6 +235,8 @@ def test_bench_prints_recall_and_agreement_on_a_crowd_clip(clip_video):
     agreement = re.search(r"^agreement: (\d\.\d{2})$", out, re.M)
     assert recall and agreement, out
     assert float(recall.group(1)) >= 0.98 and float(agreement.group(1)) >= 0.95, out
+    extra = re.search(r"^extra boxes: (\d\.\d{3}) ", out, re.M)
+    assert extra and float(extra.group(1)) <= 0.02, out
     assert f"detect every {DEFAULT_EVERY}" in out and re.search(r"^end-to-end: [\d.]+ fps$", out, re.M)
     full = re.search(r"^full detections: (\d+) of (\d+) frames", out, re.M)
     assert full and int(full.group(1)) < 0.6 * int(full.group(2))
@@ -193,7 +275,7 @@ def row_key(row: dict) -> tuple:
 
 @pytest.mark.skipif(not MODEL.is_file(), reason="the shipped model is missing")
 def test_threads_and_scheduling_keep_the_rows(clip_video, tmp_path):
-    runs = {"threads": ("--workers", "3"), "one-thread": ("--workers", "1"),
+    runs = {"threads": ("--workers", "3"), "two-workers": ("--workers", "2"), "one-thread": ("--workers", "1"),
             "every-frame": ("--workers", "1", "--detect-every", "1"),
             "classify-every-3": ("--workers", "1", "--classify-every", "3")}
     rows = {}
@@ -205,6 +287,7 @@ def test_threads_and_scheduling_keep_the_rows(clip_video, tmp_path):
         assert f"done: 150 frames, {len(rows[name])} faces" in result.stdout
     # the runner changes nothing but the speed: the same rows in the same order
     assert [row_key(r) for r in rows["threads"]] == [row_key(r) for r in rows["one-thread"]]
+    assert [row_key(r) for r in rows["two-workers"]] == [row_key(r) for r in rows["one-thread"]]
     # scheduled rows have the every-frame shape: frames in order, one row per face, about as many faces
     threaded, every = rows["threads"], rows["every-frame"]
     frames = [int(r["frame"]) for r in threaded]
@@ -260,12 +343,13 @@ def config_for(source: Path, csv_path: Path | None = None, **run) -> Config:
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason="the shipped model is missing")
-def test_reload_and_stop_with_threads_lose_no_frame(clip_video, tmp_path):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_reload_and_stop_with_threads_lose_no_frame(clip_video, tmp_path, workers):
     from device.pipeline import Pipeline
 
     out = tmp_path / "rows.csv"
     notifier = Recorder(reload_at=20, stop_at=60)
-    pipe = Pipeline(config_for(clip_video, out, workers=3), notifier, notifier.stop)
+    pipe = Pipeline(config_for(clip_video, out, workers=workers), notifier, notifier.stop)
     classifier = pipe.classifier
     try:
         stats = pipe.run(notifier.stop, notifier.reload)
