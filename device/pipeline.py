@@ -94,6 +94,11 @@ class Stats:
         return {k: float(np.median([t[k] for _, t in self.recent if k in t])) for k in keys}
 
 
+def _open_detector(config: Config) -> ScheduledDetector:
+    """With more than one worker the full detections run ahead on a thread of their own (device.scheduler)."""
+    return open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
+
+
 def soc_temperature() -> float | None:
     """SoC temperature in °C where the kernel exposes it (Pi, Jetson)."""
     try:
@@ -124,7 +129,7 @@ class Pipeline:
         try:
             # The model first: a missing model is a config problem (exit 78), whatever the camera does.
             self.classifier = EmotionClassifier(config.classifier)
-            self.detector = open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
+            self.detector = _open_detector(config)
             self.tracker = Tracker(config.tracker, self.classifier.labels)
             self._check_outputs()  # an unwritable path is exit 73 before the camera opens
             self.source = None if self._stop.is_set() else self._open_source()
@@ -387,8 +392,7 @@ class Pipeline:
             log.warning("source, output, mqtt and web changes take effect at the next restart (systemctl restart)")
             config = dataclasses.replace(config, source=old.source, output=old.output, mqtt=old.mqtt, web=old.web)
         classifier = EmotionClassifier(config.classifier)  # everything that can fail comes first
-        detector = (open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
-                    if config.detector != old.detector else self.detector)
+        detector = _open_detector(config) if config.detector != old.detector else self.detector
         try:
             csv = self._reopen_csv(config, classifier.labels)
         except (DeviceError, OSError):
