@@ -35,13 +35,14 @@ def stratified_pick(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def load(data: str | Path, manifest: mf.Manifest, samples: int, seed: int = 0) -> np.ndarray:
-    """uint8 (N, size, size, channels) calibration images from ``data``, whose classes must be the model's."""
+    """uint8 (N, size, size, channels) calibration images from ``data``, whose classes must be the model's or
+    some of them (a model trained on FER+ votes has 8 classes, FER2013's folders 7)."""
     if samples < 1:
         raise DataError(f"--samples must be at least 1, got {samples}")
     root = training_folder(data)
     labels, items = list_class_folder(root)
-    if labels != manifest.labels:
-        raise DataError(f"the calibration classes in {root} {list(labels)} differ from the model's"
+    if not set(labels) <= set(manifest.labels):
+        raise DataError(f"the calibration classes in {root} {list(labels)} are not among the model's"
                         f" {list(manifest.labels)}")
     y = np.array([index for _, index in items])
     picks = stratified_pick(y, samples, seed)

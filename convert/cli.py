@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--zoom-tta", type=float, action="append", default=[], metavar="FRACTION",
                    help="also average the centre crop of this fraction of the side, resized back (one more pass"
                         " per face, two with --flip-tta); repeat for more crops, e.g. --zoom-tta 0.9")
+    q.add_argument("--votes", metavar="CSV", help="--verify against the FER+ majority of these votes (training/votes.py)"
+                   " instead of the folder's labels; --only-if-better then selects on them")
     q.add_argument("--only-if-better", action="store_true",
                    help="with --verify: write --out only if the new model is more accurate than the one there, as"
                         " measured on the same images (its manifest's verification)")
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "classes may be a subset of the model's (metrics over those present)")
     ev.add_argument("--keras", metavar="MODEL", help="also run this Keras model (run directory or model.keras) and"
                                                     " report top-1 agreement; needs TensorFlow")
+    ev.add_argument("--votes", metavar="CSV", help="FER+ votes: score against the majority of ten annotators, with "
+                    "the cross-entropy against the votes and the accuracy against the folder's labels beside it")
     ev.add_argument("--json", metavar="OUT", help="write all metrics to this JSON file")
     ev.add_argument("--report", metavar="DIR", help="write metrics.json, report.md and confusion-matrix/ROC plots")
     ev.add_argument("--threads", type=int, default=1, help="CPU threads for LiteRT (default: 1)")
@@ -116,9 +120,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from convert.evaluate import labelled_folder, load_labelled
     from convert.quantize import Options, quantize
     from convert.source import KerasModel, resolve, run_manifest
+    from training import votes as fer_votes
 
+    if args.votes and not args.verify:
+        raise ModelError("--votes scores the --verify data: give --verify DATA_DIR too")
+    votes = fer_votes.read(args.votes) if args.votes else None
     opts = Options(args.mode, args.out, args.io_type, args.max_drop, args.crop_margin, args.crop_square,
-                   only_if_better=args.only_if_better)
+                   only_if_better=args.only_if_better, votes=votes.lineage() if votes else None)
     # Everything that can be checked without TensorFlow is checked first.
     if any(not 0.5 <= z < 1 for z in args.zoom_tta):
         raise ModelError(f"--zoom-tta takes fractions from 0.5 to below 1, got {args.zoom_tta}")
@@ -133,7 +141,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             "data": str(cal.training_folder(args.calibration)), "samples": len(images), "seed": args.seed}})
     elif args.calibration:
         log.info("--calibration is used by int8 only; ignored for %s", args.mode)
-    verify_data = load_labelled(args.verify, manifest) if args.verify else None
+    verify_data = load_labelled(args.verify, manifest, votes) if args.verify else None
     use_tensorflow_backend()
     if args.flip_tta:
         opts.provenance["flip_tta"] = True
@@ -157,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.keras:
         use_tensorflow_backend()
-    result = evaluate(args.model, args.data, args.keras, args.threads, args.batch_size, args.report)
+    result = evaluate(args.model, args.data, args.keras, args.threads, args.batch_size, args.report, args.votes)
     if args.json:
         write_atomic(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
     print(summary(result))

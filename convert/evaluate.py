@@ -20,7 +20,7 @@ from device import manifest as mf
 from device.classifier import open_checked
 from device.errors import ModelError
 from device.runtime import Runtime, to_input, to_probs
-from training import report
+from training import report, votes as fer_votes
 from training.data import Dataset, load_folder_for
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,11 @@ def labelled_folder(data: str | Path) -> Path:
     return data / "val" if (data / "val").is_dir() else data
 
 
-def load_labelled(data: str | Path, manifest: mf.Manifest) -> Dataset:
-    """Model-size images of a class-per-folder tree whose classes are the model's or some of them."""
-    return load_folder_for(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
+def load_labelled(data: str | Path, manifest: mf.Manifest, votes: fer_votes.Votes | None = None) -> Dataset:
+    """Model-size images of a class-per-folder tree whose classes are the model's or some of them; with
+    ``votes``, labelled by the FER+ majority (training/votes.py)."""
+    dataset = load_folder_for(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
+    return fer_votes.attach(dataset, votes, str(labelled_folder(data))) if votes is not None else dataset
 
 
 def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -53,10 +55,14 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
-def compare(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], reference: np.ndarray | None = None
+def compare(data: Dataset, probs: np.ndarray, labels: tuple[str, ...], reference: np.ndarray | None = None
             ) -> dict[str, Any]:
-    """training.report's metrics for the .tflite and, given the Keras model's output, how far it moved."""
+    """training.report's metrics for the .tflite (with the votes' where ``data`` has them) and, given the Keras
+    model's output, how far it moved."""
+    y = data.y
     out = report.compute(y, probs, labels)
+    if data.votes is not None:
+        out.update(fer_votes.metrics(data, probs))
     if reference is not None:
         ref = report.compute(y, reference, labels)
         out["keras"] = {key: ref[key] for key in ("accuracy", "f1_macro", "per_class_accuracy")}
@@ -83,21 +89,25 @@ def keras_probs(keras_path: str | Path, manifest: mf.Manifest, images: np.ndarra
 
 
 def evaluate(model: str | Path, data: str | Path, keras_model: str | Path | None = None, threads: int = 1,
-             batch_size: int = BATCH_SIZE, report_dir: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of a .tflite on a labelled folder (DATA/val when there is one), optionally against Keras;
-    ``report_dir`` also gets metrics.json, report.md and the confusion-matrix and ROC plots."""
+             batch_size: int = BATCH_SIZE, report_dir: str | Path | None = None,
+             votes: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a .tflite on a labelled folder (DATA/val when there is one), optionally against Keras and
+    against FER+ ``votes``; ``report_dir`` also gets metrics.json, report.md and the plots."""
+    vote_table = fer_votes.read(votes) if votes else None
     runtime, manifest = open_checked(model, threads, "cpu")
-    dataset = load_labelled(data, manifest)
+    dataset = load_labelled(data, manifest, vote_table)
     started = time.perf_counter()
     probs = predict(runtime, manifest, dataset.x, batch_size)
     seconds = time.perf_counter() - started
     log.info("%s: %d images in %.1f s (%s)", model, len(dataset), seconds, runtime.description)
     reference = keras_probs(keras_model, manifest, dataset.x) if keras_model else None
-    result = compare(dataset.y, probs, manifest.labels, reference)
+    result = compare(dataset, probs, manifest.labels, reference)
     result.update(model=str(model), mode=manifest.mode, data=str(labelled_folder(data)),
                   skipped_unreadable=dataset.skipped, seconds=round(seconds, 3))
     if keras_model:
         result["keras_model"] = str(keras_model)
+    if vote_table is not None:
+        result["votes"] = vote_table.lineage()
     if report_dir is not None:
         report.write(result, Path(report_dir), dataset.y, probs, title=f"{Path(model).name} on {result['data']}")
     return result
@@ -106,7 +116,7 @@ def evaluate(model: str | Path, data: str | Path, keras_model: str | Path | None
 def summary(result: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     lines = [f"{result['model']} ({result.get('mode') or 'mode unknown'}) on {result['data']}: n={result['n']}",
-             f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}",
+             report.summary_line(result),
              "per-class accuracy: " + "  ".join(f"{name} {'n/a' if acc is None else f'{acc:.3f}'}"
                                                  for name, acc in result["per_class_accuracy"].items())]
     if "keras" in result:

@@ -46,6 +46,7 @@ class Options:
     crop_square: bool | None = None
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)  # calibration data etc., for the manifest
     only_if_better: bool = False  # --verify: replace ``out`` only if this model beats it on the same data
+    votes: dict[str, Any] | None = None  # --verify on FER+ votes: the votes file's lineage (training/votes.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -147,8 +148,9 @@ def verify(runtime: Runtime, model: KerasModel, data: Dataset, data_dir: str, ma
     """The .tflite against its Keras model on labelled images: the manifest's ``verification``."""
     manifest = model.manifest
     probs = evaluate.predict(runtime, manifest, data.x)
-    result = evaluate.compare(data.y, probs, manifest.labels, model.predict(data.x))
-    return {
+    result = evaluate.compare(data, probs, manifest.labels, model.predict(data.x))
+    on_votes = {key: result[key] for key in ("votes_cross_entropy", "folder_label_accuracy") if key in result}
+    return {**on_votes,
         "data": data_dir,
         "n": result["n"],
         "accuracy": result["accuracy"],
@@ -171,7 +173,8 @@ def check_beats(out: Path, verification: dict[str, Any]) -> None:
         previous = mf.load(mf.manifest_path_for(out)).verification if out.exists() else {}
     except ModelError:
         previous = {}
-    same_data = (previous.get("data"), previous.get("n")) == (verification["data"], verification["n"])
+    same_data = ((previous.get("data"), previous.get("n"), (previous.get("votes") or {}).get("sha256"))
+                 == (verification["data"], verification["n"], (verification.get("votes") or {}).get("sha256")))
     if previous.get("accuracy") is not None and same_data and verification["accuracy"] <= previous["accuracy"]:
         raise ModelError(f"accuracy {verification['accuracy']:.4f} does not beat {out}'s {previous['accuracy']:.4f}"
                          f" on the same {verification['n']} images; {out} is unchanged")
@@ -193,6 +196,8 @@ def quantize(model: KerasModel, opts: Options, calibration: np.ndarray | None = 
         verification = {}
         if verify_data is not None:
             verification = verify(runtime, model, verify_data, str(verify_dir), opts.max_drop)
+            if opts.votes:
+                verification["votes"] = opts.votes
         input_spec, output_spec = runtime.input, runtime.output
         del runtime
     if verification and verification["accuracy_drop_pp"] > opts.max_drop:

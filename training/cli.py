@@ -28,7 +28,11 @@ HELP = {
     "schedule": "learning-rate schedule", "warmup_epochs": "linear warm-up epochs (cosine schedule)",
     "early_stopping": "stop after this many epochs without val accuracy gain (0: off)",
     "augment": "random flip, rotation, zoom, shift, brightness, contrast",
-    "teachers": "distil from this model (.keras or .tflite with its manifest; repeat for an ensemble): their mean "
+    "votes": "FER+ votes CSV (file,neutral,happiness,...,unknown,NF; paths relative to the dataset's root): train "
+             "on the 8 expressions ten annotators saw (images whose majority is unknown or not a face left out)",
+    "vote_targets": "with --votes: probability (the vote distribution, FER+'s best protocol) or majority (one-hot)",
+    "teachers": "distil from this model (.keras or .tflite with its manifest, or an .npz of its probabilities keyed "
+                "by file, as scripts/ferplus_teacher.py writes; repeat for an ensemble): their mean "
                 "probabilities on the training images, computed once, blend into the targets",
     "distill": "weight of the teachers' probabilities in the targets (the rest is the true label)",
     "swa_epochs": "also average the weights of the last N epochs (SWA; BatchNorm measured again on the training "
@@ -81,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "classes may be a subset of the model's (metrics over those present)")
     ev.add_argument("--out", help="report folder (default: RUN/eval)")
     ev.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    ev.add_argument("--votes", metavar="CSV", help="FER+ votes: score against the majority of ten annotators (images "
+                    "whose majority is unknown or not a face left out), with the cross-entropy against the votes "
+                    "and the accuracy against the folder's own labels beside it")
 
     pr = sub.add_parser("predict", help="CSV of filename,label,probabilities for an unlabelled folder")
     pr.add_argument("--model", required=True, help="run directory or its model.keras")
@@ -129,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             print(fit(fit_config(args)))
         elif args.command == "evaluate":
             from training.evaluate import evaluate_cli
-            result = evaluate_cli(args.model, args.data, args.out, args.tta)
-            print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1_macro']:.4f}  n={result['n']}")
+            from training.report import summary_line
+            print(summary_line(evaluate_cli(args.model, args.data, args.out, args.tta, args.votes)))
         elif args.command == "predict":
             from training.evaluate import predict_cli
             print(f"wrote {predict_cli(args.model, args.data, args.out, args.tta)} rows to {args.out}")

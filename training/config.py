@@ -21,6 +21,7 @@ CHOICES = {
     "schedule": ("cosine", "plateau", "constant"),
     "class_weights": ("balanced", "sqrt", "none"),
     "activation": ("softmax", "sigmoid"),
+    "vote_targets": ("probability", "majority"),
 }
 
 
@@ -51,6 +52,8 @@ class FitConfig:
     warmup_epochs: int = 1
     early_stopping: int = 0  # patience in epochs; 0 is off
     augment: bool = True
+    votes: str | None = None  # FER+ votes CSV (training/votes.py): its 8 expressions become the classes
+    vote_targets: str = "probability"  # probability: the vote distribution; majority: the top vote, one-hot
     teachers: list[str] = field(default_factory=list)  # models whose mean predictions are distilled (distill.py)
     distill: float = 0.5  # weight of the teachers' probabilities in the targets; the rest is the true label
     swa_epochs: int = 0  # average the last N epochs' weights (SWA) and keep that if it beats the best epoch
@@ -78,6 +81,8 @@ class FitConfig:
             raise DataError(f"{bad[0]} = {getattr(self, bad[0])!r} is out of range")
         if self.swa_epochs == 1:
             raise DataError("swa_epochs = 1 averages nothing; give 0 (off) or at least 2")
+        if self.votes and self.activation != "softmax":
+            raise DataError("training on votes needs the softmax activation")
         if self.teachers and self.activation != "softmax":
             raise DataError("distillation (teachers) needs the softmax activation")
         return self

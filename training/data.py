@@ -39,6 +39,11 @@ class Dataset:
     labels: tuple[str, ...]
     files: list[str] = field(default_factory=list)
     skipped: int = 0  # unreadable images
+    # With FER+ votes (training/votes.py): y is the majority, these the vote distribution and the folder's labels.
+    votes: np.ndarray | None = None  # (N, classes) float32
+    folder_y: np.ndarray | None = None
+    folder_labels: tuple[str, ...] | None = None
+    vote_counts: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.y)

@@ -1,8 +1,11 @@
 """Distillation targets: the mean probabilities of teacher models on the training images, computed once.
 
-A teacher is a Keras model (a run directory, or NAME.keras with NAME.json) or
-a .tflite with its manifest, so an int8 model whose float parent was not kept
-(run 1 in the model card) can still teach.  Each teacher sees the images the way it was
+A teacher is a Keras model (a run directory, or NAME.keras with NAME.json), a
+.tflite with its manifest, so an int8 model whose float parent was not kept
+(run 1 in the model card) can still teach, or an .npz of a model's
+probabilities keyed by file (``keys``, ``labels``, ``probs``), so a teacher
+trained elsewhere (scripts/ferplus_teacher.py, on a GPU machine) teaches
+without running here.  Each teacher sees the images the way it was
 evaluated: Keras with the horizontal flip averaged in, the .tflite as it is
 (its export already folds the flip in).  The targets are cached in the run
 directory, so a resumed run does not recompute them.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -27,7 +30,9 @@ def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(f"teacher {path} does not exist")
-    if path.suffix == ".tflite":
+    if path.suffix == ".npz":
+        probs = saved_probs(path, data)
+    elif path.suffix == ".tflite":
         from convert.evaluate import predict
         from device.classifier import open_checked
         from device.errors import ModelError
@@ -47,6 +52,28 @@ def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
     probs = np.asarray(probs, dtype="float32")
     log.info("teacher %s: train accuracy %.4f", path, float(np.mean(probs.argmax(1) == data.y)))
     return probs
+
+
+def saved_probs(path: Path, data: Dataset) -> np.ndarray:
+    """A teacher's probabilities saved by file: each training image matched by its last path components."""
+    try:
+        with np.load(path) as saved:
+            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in saved["keys"]]
+            labels, probs = tuple(str(n) for n in saved["labels"]), saved["probs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"teacher {path}: not an .npz of keys, labels and probs ({exc})") from None
+    if labels != tuple(data.labels):
+        raise DataError(f"teacher {path} has classes {list(labels)}, the data {list(data.labels)}")
+    if probs.shape != (len(keys), len(labels)):
+        raise DataError(f"teacher {path}: probs has shape {probs.shape}, expected ({len(keys)}, {len(labels)})")
+    depth = len(PurePosixPath(keys[0]).parts)
+    index = {key: i for i, key in enumerate(keys)}
+    rows = [index.get("/".join(Path(f).parts[-depth:])) for f in data.files]
+    missing = [f for f, row in zip(data.files, rows) if row is None]
+    if missing:
+        raise DataError(f"teacher {path} has no probabilities for {len(missing)} of the {len(data)} training images"
+                        f" (e.g. {missing[0]})")
+    return probs[rows]
 
 
 def check_fits(path: Path, manifest: mf.Manifest, data: Dataset) -> None:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from device import manifest as mf
-from training import report
+from training import report, votes as fer_votes
 from training.data import IMAGE_SUFFIXES, DataError, Dataset, load_folder_for, load_splits, read_image
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ def evaluate_model(model: keras.Model, data: Dataset, manifest: mf.Manifest, tta
     check_compatible(model, manifest, data.labels)
     probs = predict_probs(model, data.x, manifest.activation, tta)
     out = report.compute(data.y, probs, manifest.labels)
+    if data.votes is not None:
+        out.update(fer_votes.metrics(data, probs))
     out["tta"] = tta
     out["_probs"] = probs  # popped by write_report
     out["_y"] = data.y
@@ -75,7 +77,8 @@ def write_report(result: dict[str, Any], out_dir: Path, history_csv: Path | None
     report.write(result, out_dir, y, probs, history_csv=history_csv)
 
 
-def evaluate_cli(run: str, data: str, out: str | None, tta: bool) -> dict[str, Any]:
+def evaluate_cli(run: str, data: str, out: str | None, tta: bool, votes: str | None = None) -> dict[str, Any]:
+    vote_table = fer_votes.read(votes) if votes else None
     model, manifest = load_run(run)
     path = Path(data)
     if path.is_dir() and not (path / "train").is_dir() and not (path / "val").is_dir():
@@ -84,6 +87,8 @@ def evaluate_cli(run: str, data: str, out: str | None, tta: bool) -> dict[str, A
         dataset = load_folder_for(path / "val", manifest.input_size, manifest.color, manifest.labels)
     else:
         dataset = load_splits(path, manifest.input_size, manifest.color).val
+    if vote_table is not None:
+        dataset = fer_votes.attach(dataset, vote_table, str(path))
     result = evaluate_model(model, dataset, manifest, tta)
     if dataset.skipped:
         result["skipped_unreadable"] = dataset.skipped

@@ -20,10 +20,10 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from device import manifest as mf
-from training import average, distill, evaluate, init as inits, model as models
+from training import average, distill, evaluate, init as inits, model as models, votes as fer_votes
 from training.augment import Augment
 from training.config import FitConfig
-from training.data import DataError, Splits, load_splits
+from training.data import DataError, Dataset, Splits, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def targets(y: np.ndarray, num_classes: int, activation: str) -> np.ndarray:
     if activation == "sigmoid":
         return y.astype("float32").reshape(-1, 1)
     return keras.utils.to_categorical(y, num_classes).astype("float32")
+
+
+def train_targets(cfg: FitConfig, data: Dataset, num_classes: int) -> np.ndarray:
+    """The vote distribution (FER+'s probability protocol), else the label one-hot (and the majority vote's)."""
+    if data.votes is not None and cfg.vote_targets == "probability":
+        return data.votes.astype("float32")
+    return targets(data.y, num_classes, cfg.activation)
 
 
 def make_optimizer(cfg: FitConfig, steps_per_epoch: int, epochs: int, lr: float) -> keras.optimizers.Optimizer:
@@ -97,13 +104,17 @@ def set_backbone_trainable(classifier: keras.Model, trainable: bool, freeze_batc
                 layer.trainable = False
 
 
-def run_manifest(cfg: FitConfig, labels: tuple[str, ...], init: inits.InitModel | None = None) -> mf.Manifest:
+def run_manifest(cfg: FitConfig, labels: tuple[str, ...], init: inits.InitModel | None = None,
+                 votes: fer_votes.Votes | None = None, splits: Splits | None = None) -> mf.Manifest:
     """The run's manifest, with its lineage: the parent model (``--init``), the recipe and the epochs added."""
     arch = {"arch": cfg.arch, "alpha": cfg.alpha}
     if init is not None:  # the architecture is the parent's, whatever the flags say
         arch = {k: init.source[k] for k in ("arch", "alpha") if k in init.source} or {"arch": "from --init"}
     source = {**arch, "trained_on": str(cfg.data), "parent": init.lineage(labels) if init else None,
               "epochs_added": cfg.epochs, "recipe": cfg.to_dict()}
+    if votes is not None:
+        source["votes"] = {**votes.lineage(), "targets": cfg.vote_targets,
+                           "train": splits.train.vote_counts if splits else None}
     # Scaling is the model's first layer, so the model takes raw pixels.
     return mf.Manifest(labels=labels, input_size=cfg.input_size, color=cfg.color, scale=1.0, offset=0.0,
                        activation=cfg.activation, source=source,
@@ -137,9 +148,12 @@ def fit(cfg: FitConfig) -> Path:
     if init is not None:  # before the data loads: a wrong model fails fast
         inits.check_input(init, cfg.input_size, cfg.color)
 
+    votes = fer_votes.read(cfg.votes) if cfg.votes else None  # before the images load: a bad file fails fast
     started = time.time()
     splits = load_splits(cfg.data, cfg.input_size, cfg.color, cfg.val_fraction, cfg.seed, cfg.val,
                          cfg.limit_per_class)
+    if votes is not None:
+        splits = fer_votes.attach_splits(splits, votes)
     labels, num_classes = splits.labels, len(splits.labels)
     channels = splits.train.x.shape[-1]
     weights = class_weights(splits.train.y, num_classes, cfg.class_weights)
@@ -151,11 +165,11 @@ def fit(cfg: FitConfig) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     (work / "data.json").write_text(json.dumps(summary, indent=2))
-    manifest = run_manifest(cfg, labels, init)
+    manifest = run_manifest(cfg, labels, init, votes, splits)
     mf.save(manifest, work / "manifest.json")
 
     train_model, classifier = build_training_model(cfg, labels, channels, init)
-    x_train, y_train = splits.train.x, targets(splits.train.y, num_classes, cfg.activation)
+    x_train, y_train = splits.train.x, train_targets(cfg, splits.train, num_classes)
     if soft is not None:
         y_train = distill.blend(y_train, soft, cfg.distill)
     val = (splits.val.x, targets(splits.val.y, num_classes, cfg.activation))
@@ -261,6 +275,8 @@ def data_summary(splits: Splits, weights: dict[int, float] | None, seconds: floa
         "val": splits.val.counts() if splits.val is not None else None,
         "test": splits.test.counts() if splits.test is not None else None,
         "skipped_unreadable": splits.skipped,
+        "votes": {name: part.vote_counts for name, part in (("train", splits.train), ("val", splits.val))
+                  if part is not None and part.vote_counts is not None} or None,
         "class_weights": {splits.labels[c]: round(w, 4) for c, w in weights.items()} if weights else None,
         "load_seconds": round(seconds, 1),
     }

@@ -66,9 +66,28 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray, index: list[int]) -> float | 
     return float(skm.roc_auc_score(y_true, probs, multi_class="ovr", labels=index))
 
 
+def summary_line(report: dict[str, Any]) -> str:
+    """One line for the terminal: accuracy, macro-F1, mean recall and, on votes, what they add."""
+    line = (f"accuracy {report['accuracy']:.4f}  macro-F1 {report['f1_macro']:.4f}  "
+            f"mean recall {report['recall_macro']:.4f}  n={report['n']}")
+    if "votes_cross_entropy" in report:
+        line += (f"  (against the votes' majority; cross-entropy {report['votes_cross_entropy']:.4f}, "
+                 f"accuracy on the folder's labels {report['folder_label_accuracy']:.4f})")
+    return line
+
+
 def markdown(report: dict[str, Any], title: str = "Evaluation") -> str:
     lines = [f"# {title}", "", f"- images: {report['n']}", f"- accuracy: {report['accuracy']:.4f}",
-             f"- macro F1: {report['f1_macro']:.4f}", f"- weighted F1: {report['f1_weighted']:.4f}"]
+             f"- macro F1: {report['f1_macro']:.4f}", f"- mean recall: {report['recall_macro']:.4f}",
+             f"- weighted F1: {report['f1_weighted']:.4f}"]
+    if "votes_cross_entropy" in report:
+        counts = report.get("vote_counts") or {}
+        lines[3] = f"- accuracy against the FER+ majority: {report['accuracy']:.4f}"
+        lines += [f"- mean cross-entropy against the vote distribution: {report['votes_cross_entropy']:.4f}",
+                  f"- accuracy against the folder's own labels ({', '.join(report['folder_labels'])}): "
+                  f"{report['folder_label_accuracy']:.4f}",
+                  f"- left out: {counts.get('without_votes', 0)} without votes, {counts.get('unknown_or_nf', 0)} "
+                  "whose majority is unknown or not a face"]
     if report.get("roc_auc_ovr") is not None:
         lines.append(f"- ROC AUC (one-vs-rest): {report['roc_auc_ovr']:.4f}")
     lines += ["", "| class | accuracy | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|---:|"]
