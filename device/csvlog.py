@@ -16,7 +16,9 @@
   ``close()`` the held rows are retried for ``flush_timeout`` seconds; what is
   still held then is counted in ``rows_lost``, never in ``rows_written``.
 - Every row carries ``run``, the run's start time (UTC), so appended runs can
-  be told apart.  A file is appended to only when its header is this one: any
+  be told apart.  A file is appended to only when its header is this one.  A
+  file this program wrote for a model with other labels (an upgrade from 7 to
+  8 classes) is renamed aside, rows intact, and a new file is started; any
   other file (another program's, an older version's) is refused, never emptied.
 """
 
@@ -71,9 +73,16 @@ def format_rows(frame: Frame, faces: list[Face], run: str) -> str:
     return "".join(lines)
 
 
+def relabelled(first_line: str, header: str) -> bool:
+    """This program's CSV, written for a model with other labels: the fixed columns, then other ``p_`` ones."""
+    theirs = first_line.rstrip("\r\n").split(",")
+    return (first_line.endswith("\n") and first_line != header and theirs[:len(FIXED)] == FIXED
+            and len(theirs) > len(FIXED) and all(c.startswith("p_") for c in theirs[len(FIXED):]))
+
+
 def check_header(first_line: str, header: str, path: Path) -> None:
     """Refuse a file that is not this program's CSV with these columns (it is never emptied)."""
-    if first_line == header:
+    if first_line == header or relabelled(first_line, header):
         return
     theirs, ours = first_line.rstrip("\r\n").split(","), header.rstrip("\n").split(",")
     if "run" not in theirs and theirs == [c for c in ours if c != "run"]:
@@ -97,6 +106,30 @@ def check_target(cfg: LogConfig, labels: tuple[str, ...]) -> None:
             first = f.readline(len(header) + 1)
         if first.endswith(b"\n") or not header.encode().startswith(first.rstrip(b"\0")):  # not a torn header
             check_header(first.decode(errors="replace"), header, path)
+
+
+def set_aside(path: Path, header: str) -> Path | None:
+    """Rename a CSV of this program's that has another model's labels to ``NAME.labels-UNTIL.csv`` (its rows
+    kept, nothing copied or cut), so that a new file with this model's columns starts at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(64 << 10).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    if not relabelled(first, header):
+        return None
+    repair(path, first)  # a torn last row from a crash goes; the rows stay
+    labels = [c[2:] for c in first.rstrip("\r\n").split(",")[len(FIXED):]]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        aside = path.with_name(f"{path.stem}.{len(labels)}-labels-until-{stamp}{f'.{n}' if n else ''}{path.suffix}")
+        if not aside.exists():
+            break
+    os.rename(path, aside)
+    _fsync_dir(path.parent)
+    log.warning("log.csv: %s has the columns of a model with other labels (%s); renamed it to %s and started a "
+                "new file", path, ", ".join(labels), aside.name)
+    return aside
 
 
 def repair(path: Path, header: str) -> int:
@@ -158,6 +191,7 @@ class CsvLog:
         self._pending = bytearray()
         self._disk_full = False
         self._last_sync = time.monotonic()
+        self.set_aside: Path | None = None  # where a file with another model's labels was renamed to
         self._open(self._target_path())
 
     # -- files ---------------------------------------------------------------------------------
@@ -179,6 +213,7 @@ class CsvLog:
     def _open(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.set_aside = set_aside(path, self.header) or self.set_aside
             repair(path, self.header)
             existed = path.exists()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

@@ -12,7 +12,7 @@ import pytest
 
 from device import csvlog
 from device.config import LogConfig
-from device.csvlog import CsvLog, columns, repair
+from device.csvlog import CsvLog, check_target, columns, repair
 from device.errors import ConfigError
 from device.frames import Box, Face, Frame
 
@@ -191,3 +191,40 @@ def test_full_disk_drops_new_rows_beyond_the_memory_limit(tmp_path, monkeypatch)
     disk.full = False
     log.close()
     assert len(read_rows(tmp_path / "log.csv")) == log.rows_written
+
+
+# -- an upgrade to a model with other labels ----------------------------------------------------------
+def one_face(probs: list[float]) -> Face:
+    return Face(1, Box(0, 0, 8, 8), 0.9, np.array(probs), "happy", max(probs))
+
+
+def test_a_csv_of_another_models_labels_is_renamed_aside_with_its_rows(tmp_path, caplog):
+    path = tmp_path / "log.csv"
+    seven = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    old = CsvLog(LogConfig(csv=str(path)), seven)
+    old.write(frame(1), [one_face([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1])])
+    old.close()
+    with open(path, "ab") as f:
+        f.write(b"2030-01-01T00:00:00.000Z,torn")  # a crash mid-row
+    before = path.read_bytes()
+    eight = ("angry", "contempt", *seven[1:])
+    check_target(LogConfig(csv=str(path)), eight)  # accepted at start: it is ours
+    with caplog.at_level("WARNING"):
+        new = CsvLog(LogConfig(csv=str(path)), eight)
+    new.write(frame(2), [one_face([0.0, 0.1, 0.1, 0.1, 0.3, 0.2, 0.1, 0.1])])
+    new.close()
+    aside = sorted(tmp_path.glob("log.7-labels-until-*.csv"))
+    assert len(aside) == 1 and new.set_aside == aside[0]
+    assert aside[0].read_bytes() == before[:before.rindex(b"\n") + 1]  # every whole row kept, the torn one cut
+    assert aside[0].read_text().count("\n") == 2
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(columns(eight)) and len(lines) == 2 and lines[1].split(",")[2] == "2"
+    assert sum("renamed it to" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_foreign_csv_is_still_refused_when_the_labels_change(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("timestamp,camera,value\n1,2,3\n")
+    with pytest.raises(ConfigError, match="not this program|other columns"):
+        CsvLog(LogConfig(csv=str(path)), LABELS)
+    assert path.read_text() == "timestamp,camera,value\n1,2,3\n" and len(list(tmp_path.iterdir())) == 1

@@ -47,6 +47,7 @@ class Votes:
     sha256: str
     rows: dict[str, np.ndarray]  # key (relative path) -> the 10 counts
     depth: int  # path components in each key
+    lines: dict[str, int]  # key -> its line in the file, for error messages
 
     def lineage(self) -> dict[str, Any]:
         return {"file": str(self.path), "sha256": self.sha256, "rows": len(self.rows)}
@@ -74,6 +75,7 @@ def read(path: str | Path) -> Votes:
         raise DataError(f"{path} row 1: the columns must be {','.join(expected)} (FER+ votes), got "
                         f"{','.join(header or []) or 'nothing'}")
     rows: dict[str, np.ndarray] = {}
+    lines: dict[str, int] = {}
     depth = None
     for number, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
@@ -98,10 +100,10 @@ def read(path: str | Path) -> Votes:
             raise DataError(f"{where}: file {key!r} has {len(pure.parts)} path parts, the rows before it {depth}")
         if key in rows:
             raise DataError(f"{where}: file {key!r} appears twice")
-        rows[key] = counts
+        rows[key], lines[key] = counts, number
     if not rows:
         raise DataError(f"{path} has no votes")
-    return Votes(path, hashlib.sha256(raw).hexdigest(), rows, depth)
+    return Votes(path, hashlib.sha256(raw).hexdigest(), rows, depth, lines)
 
 
 def majority_column(counts: np.ndarray) -> np.ndarray:
@@ -128,21 +130,22 @@ def majority_labels(counts: np.ndarray) -> np.ndarray:
     return to_label[majority_column(counts)]
 
 
-def check_files(votes: Votes, data: Dataset) -> None:
-    """A row whose file should be in the dataset's tree but is not means the votes belong to other files."""
+def check_arrangement(votes: Votes, data: Dataset, missing: list[str]) -> None:
+    """An image without votes whose file name the votes give in another folder (another class, another split)
+    means the votes describe another arrangement of the files: an error naming the row."""
+    names: dict[str, list[str]] = {}
+    for key in votes.rows:
+        names.setdefault(PurePosixPath(key).name, []).append(key)
+    in_data: dict[str, int] = {}
     for file in data.files:
-        parts = Path(file).parts
-        if votes.lookup(file) is not None and len(parts) >= votes.depth:
-            root = Path(*parts[:-votes.depth]) if len(parts) > votes.depth else Path(".")
-            break
-    else:
-        raise DataError(f"{votes.path}: none of its {len(votes.rows)} rows matches any of the {len(data)} images "
-                        f"(keys such as {next(iter(votes.rows))!r} are relative to the dataset's root)")
-    present_dirs: dict[Path, bool] = {}
-    for number, key in enumerate(votes.rows, start=2):
-        folder = root / PurePosixPath(key).parts[0]
-        if present_dirs.setdefault(folder, folder.is_dir()) and not (root / key).is_file():
-            raise DataError(f"{votes.path} row {number}: file {key} is not in the dataset ({root})")
+        in_data[Path(file).name] = in_data.get(Path(file).name, 0) + 1
+    for file in missing:
+        name = Path(file).name
+        keys = names.get(name, [])
+        if in_data[name] == 1 and len(keys) == 1:  # FER2013 reuses a few names across classes: those are skipped
+            raise DataError(f"{votes.path} row {votes.lines[keys[0]]}: file {keys[0]} is "
+                            f"{'/'.join(Path(file).parts[-votes.depth:])} in the dataset; the votes belong to "
+                            "another arrangement of the files")
 
 
 def attach(data: Dataset, votes: Votes, what: str = "data") -> Dataset:
@@ -156,6 +159,7 @@ def attach(data: Dataset, votes: Votes, what: str = "data") -> Dataset:
     if not has.any():
         raise DataError(f"{votes.path}: none of its {len(votes.rows)} rows matches any of the {len(data)} images "
                         f"of {what}")
+    check_arrangement(votes, data, [f for f, c in zip(data.files, counts) if c is None])
     missing = int((~has).sum())
     if missing:
         log.warning("%s: %d of %d images have no votes in %s; skipped", what, missing, len(data), votes.path)
@@ -174,7 +178,6 @@ def attach(data: Dataset, votes: Votes, what: str = "data") -> Dataset:
 
 
 def attach_splits(splits: Splits, votes: Votes) -> Splits:
-    check_files(votes, splits.train)
     parts = {name: attach(getattr(splits, name), votes, name) if getattr(splits, name) is not None else None
              for name in ("train", "val", "test")}
     return Splits(parts["train"], parts["val"], parts["test"], LABELS)
