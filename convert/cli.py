@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--detector", choices=("short", "full", "auto"), default="short",
                     help="face detector (default: short, which finds upscaled dataset crops best)")
     cs.add_argument("--face-models", default="models", help="folder of the face-detection models")
+    cs.add_argument("--votes", metavar="CSV", help="score against the FER+ majority of these votes")
     cs.add_argument("--apply", action="store_true", help="write the best crop and the study into the manifest")
     return parser
 
@@ -186,7 +187,8 @@ def cmd_crop_study(args: argparse.Namespace) -> int:
         margins = [float(m) for m in args.margins.split(",")]
     except ValueError:
         raise ModelError(f"--margins takes numbers separated by commas, got {args.margins!r}") from None
-    result = crop_study(args.model, args.data, margins, args.per_class, args.detector, args.face_models)
+    result = crop_study(args.model, args.data, margins, args.per_class, args.detector, args.face_models,
+                        votes=args.votes)
     print(format_study(result))
     if args.apply:
         crop = apply(args.model, result)

@@ -24,7 +24,8 @@ from device.detector import FaceDetector
 from device.frames import Box
 from device.manifest import Crop, load, manifest_path_for, save
 from device.preprocess import crop_face, to_model_image
-from training.data import load_folder
+from training import votes as fer_votes
+from training.data import load_folder_for
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,18 @@ def place(face: np.ndarray) -> tuple[np.ndarray, Box]:
 
 
 def crop_study(model: str | Path, data: str | Path, margins: list[float], per_class: int = 100,
-               detector: str = "short", models_dir: str = "models", seed: int = 0) -> dict:
+               detector: str = "short", models_dir: str = "models", seed: int = 0,
+               votes: str | Path | None = None) -> dict:
+    """Device-path accuracy (detector box -> crop -> classifier) per crop; with ``votes``, against the FER+
+    majority (a model trained on the votes has their 8 classes; the folders have FER2013's 7)."""
     clf = EmotionClassifier(ClassifierConfig(model=str(model), accelerator="cpu"))
     m = clf.manifest
     root = Path(data)
     root = root / "val" if (root / "val").is_dir() else root
     # Faces at their native resolution; to_model_image later makes them model-sized.
-    ds = load_folder(root, 48, m.color, m.labels, limit_per_class=per_class, seed=seed)
+    ds = load_folder_for(root, 48, m.color, m.labels, limit_per_class=per_class, seed=seed)
+    if votes:
+        ds = fer_votes.attach(ds, fer_votes.read(votes), str(root))
     det = FaceDetector(DetectorConfig(model=detector, models_dir=models_dir))
     try:
         frames, boxes, found = [], [], []
@@ -84,6 +90,7 @@ def crop_study(model: str | Path, data: str | Path, margins: list[float], per_cl
     best = max(rows, key=lambda r: (r["accuracy"], r["agreement_with_dataset_crop"]))
     return {
         "model": str(model), "data": str(root), "images": int(len(ds)), "detected": int(found.sum()),
+        "votes": str(votes) if votes else None,
         "detector": detector, "dataset_crop_accuracy": float((direct_pred == y).mean()),
         "median_dataset_crop_over_box": scale, "median_centre_shift_in_box_heights": shift,
         "rows": rows, "best": best,

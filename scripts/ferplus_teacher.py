@@ -278,7 +278,8 @@ def folder_accuracy(probs: np.ndarray, folder_label: np.ndarray, folder_labels: 
 
 
 def train(pack_path: Path, out: Path, budget: float, max_teachers: int, student_share: float,
-          student_init: Path, limit: int | None = None, precision: str = "mixed_bfloat16") -> None:
+          student_init: Path, limit: int | None = None, precision: str = "mixed_bfloat16",
+          student_lr: float = 2e-3) -> None:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     clock = Clock(budget)
     import keras
@@ -372,7 +373,7 @@ def train(pack_path: Path, out: Path, budget: float, max_teachers: int, student_
 
     if clock.left() > 45 and teachers:
         summary["student"] = distil(keras, teachers, student_init, x_train, y_train, w_train, x_all, clock,
-                                    out, val_idx, major, dist)
+                                    out, val_idx, major, dist, student_lr)
         save_summary()
     summary["seconds"] = round(time.time() - clock.start, 1)
     save_summary()
@@ -381,7 +382,7 @@ def train(pack_path: Path, out: Path, budget: float, max_teachers: int, student_
 
 
 def distil(keras, teachers, init_path: Path, x_train, y_train, w_train, x_all, clock: Clock, out: Path,
-           val_idx, major, dist) -> dict:
+           val_idx, major, dist, lr: float) -> dict:
     """The student (the shipped backbone, new 8-class head) against the ensemble on the same augmented image."""
     from keras import layers, ops
 
@@ -399,7 +400,9 @@ def distil(keras, teachers, init_path: Path, x_train, y_train, w_train, x_all, c
     inputs = keras.Input((SIZE, SIZE, 1), name="image")
     x = Augment(seed=7, dtype="float32")(inputs)
     taught = ops.mean(ops.stack([t(x, training=False) for t in teachers]), axis=0)
-    both = layers.Concatenate(dtype="float32")([student(x), ops.stop_gradient(ops.cast(taught, "float32"))])
+    own = student(x)
+    own = own[0] if isinstance(own, (list, tuple)) else own  # a warm restart's model keeps its list of outputs
+    both = layers.Concatenate(dtype="float32")([own, ops.stop_gradient(ops.cast(taught, "float32"))])
     kd = keras.Model(inputs, both)
     n = len(V.LABELS)
 
@@ -408,7 +411,7 @@ def distil(keras, teachers, init_path: Path, x_train, y_train, w_train, x_all, c
         return -ops.sum(target * ops.log(ops.clip(y_pred[:, :n], 1e-7, 1.0)), axis=-1)
 
     seconds = clock.left() - 40
-    run = fit_budgeted(keras, kd, adamw(keras, 2e-3, 1e-4), loss, x_train, y_train, w_train, 256, (4, 300),
+    run = fit_budgeted(keras, kd, adamw(keras, lr, 1e-4), loss, x_train, y_train, w_train, 256, (4, 300),
                        lambda per_epoch: seconds, clock, reserve=25)
     probs = predict_flip(student, x_all)
     run["val"] = scores(probs[val_idx], major[val_idx], dist[val_idx])
@@ -442,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--student-init", type=Path, default=ROOT / "models" / "emotion_fer2013.keras")
     t.add_argument("--precision", choices=("mixed_bfloat16", "float32"), default="mixed_bfloat16",
                    help="the teachers' dtype policy (default: mixed_bfloat16, float32 where it fails)")
+    t.add_argument("--student-lr", type=float, default=2e-3, help="the student's peak learning rate (AdamW)")
     t.add_argument("--limit", type=int, help="use only this many training images (a dry run on the CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -450,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         train(args.pack, args.out, args.budget, args.teachers, args.student_share, args.student_init, args.limit,
-              args.precision)
+              args.precision, args.student_lr)
     return 0
 
 

@@ -113,7 +113,8 @@ def load_folder(root: Path, size: int, color: str, labels: tuple[str, ...] | Non
     )
 
 
-def load_folder_for(root: Path, size: int, color: str, model_labels: tuple[str, ...]) -> Dataset:
+def load_folder_for(root: Path, size: int, color: str, model_labels: tuple[str, ...],
+                    limit_per_class: int | None = None, seed: int = 0) -> Dataset:
     """A class-per-folder tree whose classes are some of the model's (6 of 7 with no neutral, as in
     many public sets): ``y`` indexes the model's labels, and ``labels`` are the model's."""
     found, _ = list_class_folder(root)
@@ -121,7 +122,7 @@ def load_folder_for(root: Path, size: int, color: str, model_labels: tuple[str, 
     if unknown:
         raise DataError(f"{root}: class folder(s) {', '.join(map(repr, unknown))} not among the model's classes "
                         f"{list(model_labels)}")
-    data = load_folder(root, size, color)
+    data = load_folder(root, size, color, limit_per_class=limit_per_class, seed=seed)
     remap = np.array([model_labels.index(name) for name in data.labels], dtype=np.int32)
     return Dataset(x=data.x, y=remap[data.y], labels=tuple(model_labels), files=data.files, skipped=data.skipped)
 
