@@ -42,8 +42,8 @@ def load(data: str | Path, manifest: mf.Manifest, samples: int, seed: int = 0) -
     root = training_folder(data)
     labels, items = list_class_folder(root)
     if not set(labels) <= set(manifest.labels):
-        raise DataError(f"the calibration classes in {root} {list(labels)} are not among the model's"
-                        f" {list(manifest.labels)}")
+        raise DataError(f"the calibration classes in {root} {list(labels)} differ from the model's"
+                        f" {list(manifest.labels)}: they must be its classes or some of them")
     y = np.array([index for _, index in items])
     picks = stratified_pick(y, samples, seed)
     images = [read_image(items[i][0], manifest.input_size, manifest.color) for i in picks]

@@ -68,8 +68,8 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray, index: list[int]) -> float | 
 
 def summary_line(report: dict[str, Any]) -> str:
     """One line for the terminal: accuracy, macro-F1, mean recall and, on votes, what they add."""
-    line = (f"accuracy {report['accuracy']:.4f}  macro-F1 {report['f1_macro']:.4f}  "
-            f"mean recall {report['recall_macro']:.4f}  n={report['n']}")
+    line = (f"accuracy {report['accuracy']:.4f}  macro-F1 {report['f1_macro']:.4f}  n={report['n']}  "
+            f"mean recall {report['recall_macro']:.4f}")
     if "votes_cross_entropy" in report:
         line += (f"  (against the votes' majority; cross-entropy {report['votes_cross_entropy']:.4f}, "
                  f"accuracy on the folder's labels {report['folder_label_accuracy']:.4f})")
