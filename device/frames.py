@@ -14,6 +14,9 @@ class Frame:
     index: int  # 0-based count of frames delivered by the source
     source: str  # the source's name; the file name for image inputs
     timestamp: datetime  # UTC, when the frame was read
+    # The first frame of a scene that owes nothing to the frames before it: every still image is one.
+    # Tracks, smoothing, hysteresis and the optical-flow follower start afresh on it.
+    new_scene: bool = False
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,8 @@ class FrameSource:
     def close(self) -> None:
         pass
 
-    def _frame(self, image: np.ndarray, name: str | None = None) -> Frame:
-        frame = Frame(image, self.index, name or self.name, _now())
+    def _frame(self, image: np.ndarray, name: str | None = None, new_scene: bool = False) -> Frame:
+        frame = Frame(image, self.index, name or self.name, _now(), new_scene)
         self.index += 1
         return frame
 
@@ -88,7 +88,8 @@ class FrameSource:
 
 
 class ImageFilesSource(FrameSource):
-    """Image files in sorted order; each frame's source is its file name."""
+    """Image files in sorted order; each frame's source is its file name.  Photos are not a video: every
+    image starts a new scene, so its result never depends on the images before it."""
 
     def __init__(self, paths: list[Path], loop: bool = False):
         super().__init__()
@@ -111,7 +112,7 @@ class ImageFilesSource(FrameSource):
             self._next += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                return self._frame(image, path.name)
+                return self._frame(image, path.name, new_scene=True)
             self.skipped += 1
             log.warning("skipped unreadable image %s", path)
 

@@ -6,6 +6,10 @@ average, and its shown label changes only when another class beats it by the
 hysteresis margin, so labels don't flicker.  Tracks expire after
 ``max_missed`` frames without a detection.
 
+Tracks belong to one scene: :meth:`Tracker.begin_frame` forgets them all when
+a frame starts a new scene (a still image: ids start again at 1, as for the
+image alone) or comes in another size than the last (a camera renegotiating).
+
 With ``classify_every`` K > 1 a face that stays where it was last classified
 keeps its probabilities for up to K - 1 frames instead of being classified
 again (:meth:`Tracker.to_classify`); a new face, or one that moved, is
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.config import TrackerConfig
-from device.frames import Box, Detection, Face
+from device.frames import Box, Detection, Face, Frame
 
 
 REUSE_IOU = 0.7  # a face that overlaps its last classified box this much has not moved enough to look again
@@ -41,6 +45,22 @@ class Tracker:
         self.cfg, self.labels = cfg, labels
         self.tracks: list[Track] = []
         self._next_id = 1
+        self._size: tuple[int, ...] | None = None  # the last frame's height and width
+
+    def reset(self) -> None:
+        """Forget every track, its smoothing and its hysteresis; ids start again at 1."""
+        self.tracks = []
+        self._next_id = 1
+
+    def begin_frame(self, frame: Frame) -> None:
+        """Call before matching ``frame``'s detections: a new scene (a still image) starts afresh, and so do
+        the tracks when the frame size changes (their boxes are in other pixels; ids go on counting)."""
+        size = frame.image.shape[:2]
+        if frame.new_scene:
+            self.reset()
+        elif self._size is not None and size != self._size:
+            self.tracks = []
+        self._size = size
 
     def match(self, detections: list[Detection]) -> dict[int, Track]:
         """Detection index -> the track it continues (greedy, highest IoU first); the tracks are not changed."""
