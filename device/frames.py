@@ -54,9 +54,9 @@ class Face:
     track_id: int
     box: Box
     score: float  # detector confidence
-    probs: np.ndarray  # smoothed class probabilities
+    probs: np.ndarray  # the smoothed class probabilities that chose the label (device.tracker): its top class
     label: str  # displayed label (changes with hysteresis)
-    confidence: float  # smoothed probability of the displayed label
+    confidence: float  # probs' value for the displayed label
 
 
 @dataclass

@@ -3,8 +3,11 @@
 Each detection continues the track it overlaps most (greedy, highest IoU
 first) or starts a new one.  A track's probabilities are an exponential moving
 average, and its shown label changes only when another class beats it by the
-hysteresis margin, so labels don't flicker.  Tracks expire after
-``max_missed`` frames without a detection.
+hysteresis margin, so labels don't flicker.  What is shown (label, confidence,
+bars, the CSV's probabilities) is one estimate: the smoothed probabilities that
+chose the label, held while another class leads by less than the margin, so
+the label is always the top class of the probabilities shown with it.  Tracks
+expire after ``max_missed`` frames without a detection.
 
 Tracks belong to one scene: :meth:`Tracker.begin_frame` forgets them all when
 a frame starts a new scene (a still image: ids start again at 1, as for the
@@ -33,11 +36,15 @@ REUSE_IOU = 0.7  # a face that overlaps its last classified box this much has no
 class Track:
     track_id: int
     box: Box
-    probs: np.ndarray
-    label_index: int
+    probs: np.ndarray  # smoothed class probabilities
+    shown: np.ndarray  # the smoothed probabilities that chose the label (see the module's docstring)
     missed: int = 0
     classified_box: Box | None = None  # where it was last classified
     since_classified: int = 0  # frames since then
+
+    @property
+    def label_index(self) -> int:
+        return int(self.shown.argmax())
 
 
 class Tracker:
@@ -105,17 +112,18 @@ class Tracker:
             else:
                 p = np.asarray(probs[di], dtype=np.float32)
                 if track is None:
-                    track = Track(self._next_id, det.box, p.copy(), int(p.argmax()))
+                    track = Track(self._next_id, det.box, p.copy(), p.copy())
                     self._next_id += 1
                     self.tracks.append(track)
                 else:
                     s = self.cfg.smoothing
                     track.probs = s * track.probs + (1 - s) * p
                     track.box, track.missed = det.box, 0
-                    best = int(track.probs.argmax())
-                    if track.probs[best] - track.probs[track.label_index] > self.cfg.hysteresis:
-                        track.label_index = best
+                    best, shown = int(track.probs.argmax()), track.label_index
+                    if best == shown or track.probs[best] - track.probs[shown] > self.cfg.hysteresis:
+                        track.shown = track.probs.copy()
                 track.classified_box, track.since_classified = det.box, 0
-            faces.append(Face(track.track_id, det.box, det.score, track.probs.copy(),
-                              self.labels[track.label_index], float(track.probs[track.label_index])))
+            label = track.label_index
+            faces.append(Face(track.track_id, det.box, det.score, track.shown.copy(), self.labels[label],
+                              float(track.shown[label])))
         return faces
