@@ -1,0 +1,57 @@
+"""What a bare machine lacks, said in one line: MediaPipe's system libraries, the tools' [train] extra, a camera.
+
+Each case runs the real command line in a subprocess, with the missing piece taken away first (a loader that
+fails as dlopen does, modules hidden as on a [device]-only install, an empty /dev).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from device.native import missing_library_message
+from tests.conftest import ROOT
+
+DLOPEN_ERROR = "libEGL.so.1: cannot open shared object file: No such file or directory"
+# Python run before the command: MediaPipe's native library fails to load as on a bare Debian or Pi OS image.
+NO_EGL = f'''
+import ctypes
+class CDLL(ctypes.CDLL):
+    def __init__(self, name, *args, **kwargs):
+        if str(name).endswith("libmediapipe.so"):
+            raise OSError({DLOPEN_ERROR!r})
+        super().__init__(name, *args, **kwargs)
+ctypes.CDLL = CDLL
+'''
+
+
+def python(prelude: str, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` with ``prelude`` run first in the same interpreter."""
+    code = f"{prelude}\nimport runpy, sys\nsys.argv = [{module!r}, *{list(args)!r}]\n" \
+           f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def errors(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+# -- MediaPipe's system libraries ----------------------------------------------------------------------------
+
+
+def test_missing_egl_is_one_line_naming_the_packages(tmp_path, face_models):
+    result = python(NO_EGL, "device", "run", "--source", "demo", "--max-frames", "2", "--csv", str(tmp_path / "x.csv"))
+    assert result.returncode == 78, result.stderr
+    assert errors(result) == ["error: MediaPipe's native library cannot load: libEGL.so.1 is missing; install the "
+                              "system libraries it needs: sudo apt install libegl1 libgles2"]
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_missing_library_messages():
+    gles = ImportError("libGLESv2.so.2: cannot open shared object file: No such file or directory")
+    assert missing_library_message("MediaPipe's native library", gles).endswith("sudo apt install libegl1 libgles2")
+    other = OSError("libfoo.so.3: cannot open shared object file: No such file or directory")
+    assert missing_library_message("X", other) == ("X cannot load: the system library libfoo.so.3 is missing; "
+                                                   "install the package that provides it")
+    assert missing_library_message("X", OSError("libmediapipe.so: wrong ELF class: ELFCLASS32")) is None
