@@ -23,6 +23,8 @@ class CDLL(ctypes.CDLL):
         super().__init__(name, *args, **kwargs)
 ctypes.CDLL = CDLL
 '''
+TRAIN_ONLY = ("sklearn", "tensorflow", "keras", "keras_tuner", "tensorboard")
+HIDE_TRAIN = f"import sys\nfor name in {TRAIN_ONLY!r}:\n    sys.modules[name] = None  # import fails: not installed\n"
 
 
 def python(prelude: str, module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,3 +57,28 @@ def test_missing_library_messages():
     assert missing_library_message("X", other) == ("X cannot load: the system library libfoo.so.3 is missing; "
                                                    "install the package that provides it")
     assert missing_library_message("X", OSError("libmediapipe.so: wrong ELF class: ELFCLASS32")) is None
+
+
+# -- the tools' [train] extra ---------------------------------------------------------------------------------
+
+
+def test_train_help_works_without_the_train_extra_and_names_it():
+    result = python(HIDE_TRAIN, "training", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'edge-emotion[train]'" in result.stdout
+
+
+def test_train_without_its_extra_is_one_line(tmp_path):
+    result = python(HIDE_TRAIN, "training", "fit", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 78
+    (line,) = errors(result)
+    assert line.endswith("is not installed (no module named 'keras'): install edge-emotion[train], "
+                         "e.g. pip install 'edge-emotion[train]'")
+
+
+def test_convert_evaluate_without_scikit_learn_is_one_line(tmp_path):
+    result = python(HIDE_TRAIN, "convert", "evaluate", "--model", str(ROOT / "models/emotion_fer2013.tflite"),
+                    "--data", str(tmp_path))
+    assert result.returncode == 78
+    assert errors(result) == ["error: scikit-learn is not installed (no module named 'sklearn'): install "
+                              "edge-emotion[train], e.g. pip install 'edge-emotion[train]'"]
