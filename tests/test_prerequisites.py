@@ -6,10 +6,15 @@ fails as dlopen does, modules hidden as on a [device]-only install, an empty /de
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import time
+
+import pytest
 
 from device.native import missing_library_message
+from device.sources import is_camera
 from tests.conftest import ROOT
 
 DLOPEN_ERROR = "libEGL.so.1: cannot open shared object file: No such file or directory"
@@ -82,3 +87,43 @@ def test_convert_evaluate_without_scikit_learn_is_one_line(tmp_path):
     assert result.returncode == 78
     assert errors(result) == ["error: scikit-learn is not installed (no module named 'sklearn'): install "
                               "edge-emotion[train], e.g. pip install 'edge-emotion[train]'"]
+
+
+# -- no camera ------------------------------------------------------------------------------------------------
+
+
+def test_no_camera_at_all_is_said_at_once(tmp_path):
+    """No --source on a machine with no camera: it retried for no_frame_timeout (31 s) before its error."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "null").touch()
+    prelude = (f"import sys\nfrom pathlib import Path\nimport device.sources\ndevice.sources.DEV = Path({str(dev)!r})\n"
+               "sys.modules['picamera2'] = None  # no libcamera camera either\n")
+    started = time.monotonic()
+    result = python(prelude, "device", "run", "--csv", str(tmp_path / "x.csv"))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 66, result.stderr
+    assert errors(result) == [f"error: no camera found: no camera device in {dev} (video*) and no libcamera "
+                              "camera; plug one in, or choose a source with --source (e.g. --source demo, "
+                              "--source video.mp4, --source rtsp://...)"]
+    assert "retrying" not in result.stderr
+    assert elapsed < 25  # the models load; nothing waits
+    assert not (tmp_path / "x.csv").exists()
+
+
+def capability(driver: str, caps: int) -> bytes:
+    """A struct v4l2_capability as VIDIOC_QUERYCAP fills it (driver, card, bus_info, version, capabilities,
+    device_caps, reserved)."""
+    return struct.pack("<16s32s32sIII12x", driver.encode(), b"card", b"bus", 0x60100, caps | 0x80000000, caps)
+
+
+@pytest.mark.parametrize("driver, caps, camera", [
+    ("uvcvideo", 0x04200001, True),  # a USB webcam: capture, streaming, ext pix format
+    ("uvcvideo", 0x04a00000, False),  # its metadata node
+    ("unicam", 0x04200001, True),
+    ("bcm2835-codec", 0x04208000, False),  # memory-to-memory: a codec
+    ("bcm2835-isp", 0x04200001, False),  # the Pi's ISP, present without any camera
+    ("pispbe", 0x04201000, False),
+])
+def test_which_video_nodes_are_cameras(driver, caps, camera):
+    assert is_camera(capability(driver, caps)) is camera
