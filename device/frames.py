@@ -54,9 +54,13 @@ class Face:
     track_id: int
     box: Box
     score: float  # detector confidence
-    probs: np.ndarray  # the smoothed class probabilities that chose the label (device.tracker): its top class
+    probs: np.ndarray  # smoothed class probabilities (the CSV's and MQTT's)
     label: str  # displayed label (changes with hysteresis)
-    confidence: float  # probs' value for the displayed label
+    confidence: float  # smoothed probability of the displayed label
+    # What the overlay draws (label text and bars): the smoothed probabilities that chose the label, held while
+    # another class leads by less than the hysteresis margin, so the label is their top class (device.tracker).
+    # None: ``probs``.
+    shown: np.ndarray | None = None
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Draw results on a frame: a box per face with its label and confidence above it,
 optional per-class bars, and FPS with per-stage latency in a corner.
 
-The bars show ``face.probs``, the probabilities that chose the label (device.tracker), so the label is always
-the longest bar.  They go beside the face (right, else left, else below) where they cover no other face and
-stay inside the frame; a face with no such place gets none."""
+The label's percentage and the bars show ``face.shown``, the smoothed probabilities that chose the label
+(device.tracker), so the label is always the longest bar.  The bars go beside the face (right, else left,
+else below) where they cover no other face and stay inside the frame; a face with no such place gets none."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def draw(image: np.ndarray, faces: list[Face], labels: tuple[str, ...], cfg: Ove
     # each face's label strip above its box: (text, its size, its top); bars cover neither strips nor boxes
     notes = []
     for face in faces:
-        text = f"{face.label} {face.confidence:.0%}  #{face.track_id}"
+        text = f"{face.label} {float(shown(face)[labels.index(face.label)]):.0%}  #{face.track_id}"
         (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
         notes.append((text, tw, th, base, max(0, face.box.y - th - base - 4)))
     covered = [Box(f.box.x, top, max(f.box.w, tw + 6), f.box.y + f.box.h - top)
@@ -61,6 +61,11 @@ def draw(image: np.ndarray, faces: list[Face], labels: tuple[str, ...], cfg: Ove
     return image
 
 
+def shown(face: Face) -> np.ndarray:
+    """The probabilities drawn for ``face``: those that chose its label."""
+    return face.probs if face.shown is None else face.shown
+
+
 def bars_box(box: Box, others: list[Box], classes: int, shape: tuple[int, ...], scale: float) -> Box | None:
     """Where the bars of the face in ``box`` go: beside it (right, left, below), inside the frame, over none
     of the ``others``; None when there is no such place."""
@@ -77,7 +82,7 @@ def bars_box(box: Box, others: list[Box], classes: int, shape: tuple[int, ...], 
 
 def _bars(image: np.ndarray, face: Face, labels: tuple[str, ...], place: Box, scale: float) -> None:
     x, y, width, row = place.x, place.y, place.w, place.h // len(labels)
-    for i, (label, p) in enumerate(zip(labels, face.probs)):
+    for i, (label, p) in enumerate(zip(labels, shown(face))):
         top = y + i * row
         cv2.rectangle(image, (x, top), (x + int(width * float(p)), top + row - 3), color_for(label), -1)
         cv2.putText(image, f"{label} {float(p):.2f}", (x + 2, top + row - 6), FONT, scale * 0.6, (255, 255, 255),

@@ -3,10 +3,10 @@
 Each detection continues the track it overlaps most (greedy, highest IoU
 first) or starts a new one.  A track's probabilities are an exponential moving
 average, and its shown label changes only when another class beats it by the
-hysteresis margin, so labels don't flicker.  What is shown (label, confidence,
-bars, the CSV's probabilities) is one estimate: the smoothed probabilities that
-chose the label, held while another class leads by less than the margin, so
-the label is always the top class of the probabilities shown with it.  Tracks
+hysteresis margin, so labels don't flicker.  The overlay shows, with the label,
+the smoothed probabilities that chose it (``Face.shown``): held while another
+class leads by less than the margin, so the label is always their top class
+(the CSV and MQTT get the smoothed probabilities of every frame).  Tracks
 expire after ``max_missed`` frames without a detection.
 
 Tracks belong to one scene: :meth:`Tracker.begin_frame` forgets them all when
@@ -37,7 +37,7 @@ class Track:
     track_id: int
     box: Box
     probs: np.ndarray  # smoothed class probabilities
-    shown: np.ndarray  # the smoothed probabilities that chose the label (see the module's docstring)
+    shown: np.ndarray  # the smoothed probabilities that chose the label (their top class is the label)
     missed: int = 0
     classified_box: Box | None = None  # where it was last classified
     since_classified: int = 0  # frames since then
@@ -124,6 +124,6 @@ class Tracker:
                         track.shown = track.probs.copy()
                 track.classified_box, track.since_classified = det.box, 0
             label = track.label_index
-            faces.append(Face(track.track_id, det.box, det.score, track.shown.copy(), self.labels[label],
-                              float(track.shown[label])))
+            faces.append(Face(track.track_id, det.box, det.score, track.probs.copy(), self.labels[label],
+                              float(track.probs[label]), track.shown.copy()))
         return faces
