@@ -3,15 +3,16 @@
 ``open_source(uri)`` normalises every shorthand in one place:
 
 ==========================  ==================================================
-``auto``                    the first camera found (picamera2, then /dev/video*)
+``auto``                    the first camera found (picamera2, then /dev/video*); none at
+                            all is an error at once (NoCameraError), not a wait
 ``demo`` or ``demo:N``      built-in moving faces (2, or N of 1..2); no camera, no download
 ``picamera2:N``             Raspberry Pi camera N (apt's picamera2, imported lazily)
 ``/dev/videoN`` or ``N``    V4L2 / USB camera through OpenCV
 ``... ! appsink``           a GStreamer pipeline (Jetson CSI: nvarguscamerasrc)
 ``rtsp://``, ``http(s)://`` a network stream
 a video file                read to its end (``loop`` restarts it)
-an image file, a folder,    images in sorted order; unreadable ones are
-or a glob                   skipped and counted
+an image file, a folder,    images in sorted order, each a new scene;
+or a glob                   unreadable ones are skipped and counted
 ==========================  ==================================================
 
 ``read()`` returns the next :class:`Frame`, or None when a finite source has
