@@ -16,6 +16,7 @@ from pathlib import Path
 
 from convert import IO_TYPES, MODES
 from device.errors import DeviceError, ModelError
+from device.extras import EXIT_CODE, missing_extra
 
 log = logging.getLogger("convert")
 
@@ -208,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # evaluate's metrics need scikit-learn, quantize TensorFlow: [train]
+        line = missing_extra(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_CODE
     except Exception as exc:
         # training.data (OpenCV, scikit-learn) is imported only by the commands that read images; bench on a
         # device may run without it, and then no DataError can have been raised.

@@ -24,12 +24,22 @@ from device.runtime import Runtime, open_runtime, read_model, to_input, to_probs
 
 log = logging.getLogger(__name__)
 
+TFLITE_ID = b"TFL3"  # the FlatBuffer file identifier of every .tflite, at bytes 4 to 8
+
 
 def load_manifest(model: Path) -> mf.Manifest:
     path = mf.manifest_path_for(model)
     if not model.is_file():
         raise ModelError(f"emotion model not found: {model}; train and convert one (python -m convert quantize)"
                          f" or use the shipped default")
+    try:
+        with open(model, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelError(f"cannot read model {model}: {exc.strerror or exc}") from None
+    if head[4:8] != TFLITE_ID:  # before the manifest: README.md is not a model whose README.json is missing
+        raise ModelError(f"{model} is not a TFLite model: --model takes a .tflite file (with its NAME.json manifest"
+                         f" beside it)")
     if not path.is_file():
         raise ModelError(f"manifest not found beside the model: {path} (python -m convert quantize writes it)")
     return mf.load(path)

@@ -185,6 +185,7 @@ class CsvLog:
         self.run = utc_stamp(run or datetime.now(timezone.utc))
         self._rows_accepted = 0  # on disk, or held while the disk is full
         self.rows_dropped = 0  # rows refused because the memory for held rows ran out
+        self.appended = False  # a file it opened already held rows: rows_written were added to them
         self._reason = ""  # why rows are held: disk full, file-size limit
         self._fd: int | None = None
         self._path: Path | None = None
@@ -221,8 +222,10 @@ class CsvLog:
             raise OutputError(f"--csv {path}: cannot write: {exc.strerror or exc}") from None
         if not existed:
             _fsync_dir(path.parent)
-        if os.fstat(fd).st_size == 0:
+        size = os.fstat(fd).st_size
+        if size == 0:
             self._pending[:0] = self.header.encode()
+        self.appended = self.appended or size > len(self.header.encode())
         self._fd, self._path = fd, path
         self._flush()
         if self.cfg.rotate != "none":

@@ -24,7 +24,7 @@ from device.errors import ModelError
 from device.facemodels import model_path
 from device.frames import Box, Detection
 from device.locations import face_models_dir
-from device.native import quiet_native_stderr, without_tensorflow
+from device.native import missing_library_message, quiet_native_stderr, without_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ def _create(path, min_confidence: float) -> object:
             return vision.FaceDetector.create_from_options(options)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot load face model {path}: {exc}") from None
+    except OSError as exc:  # its native library is loaded here, on first use (ctypes)
+        raise native_error(exc) from None
+
+
+def native_error(exc: OSError | ImportError) -> ModelError:
+    """MediaPipe's native library failed to load: name the missing system library and its package."""
+    return ModelError(missing_library_message("MediaPipe's native library", exc)
+                      or f"cannot load MediaPipe's native library: {exc}")
 
 
 class FaceDetector:
@@ -55,6 +63,8 @@ class FaceDetector:
                 from mediapipe.tasks.python import vision  # noqa: F401  (the part that imports TensorFlow)
         except ModuleNotFoundError:
             raise ModelError("mediapipe is not installed: pip install '.[device]'") from None
+        except (ImportError, OSError) as exc:  # versions that load the native library at import
+            raise native_error(exc) from None
         self._mp = mp
         names = ["full", "short"] if cfg.model == "auto" else [cfg.model]
         folder = face_models_dir(cfg.models_dir)

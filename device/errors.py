@@ -19,6 +19,13 @@ class SourceError(DeviceError):
     exit_code = 66  # EX_NOINPUT
 
 
+class NoCameraError(DeviceError):
+    """No camera device exists at all: nothing to wait for.  Not a SourceError, which a live source retries
+    for ``no_frame_timeout`` (a camera that is there but fails, or is being plugged in)."""
+
+    exit_code = 66
+
+
 class OutputError(DeviceError):
     exit_code = 73  # EX_CANTCREAT: an output path that cannot be written (checked at start)
 

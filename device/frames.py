@@ -14,6 +14,9 @@ class Frame:
     index: int  # 0-based count of frames delivered by the source
     source: str  # the source's name; the file name for image inputs
     timestamp: datetime  # UTC, when the frame was read
+    # The first frame of a scene that owes nothing to the frames before it: every still image is one.
+    # Tracks, smoothing, hysteresis and the optical-flow follower start afresh on it.
+    new_scene: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,13 @@ class Face:
     track_id: int
     box: Box
     score: float  # detector confidence
-    probs: np.ndarray  # smoothed class probabilities
+    probs: np.ndarray  # smoothed class probabilities (the CSV's and MQTT's)
     label: str  # displayed label (changes with hysteresis)
     confidence: float  # smoothed probability of the displayed label
+    # What the overlay draws (label text and bars): the smoothed probabilities that chose the label, held while
+    # another class leads by less than the hysteresis margin, so the label is their top class (device.tracker).
+    # None: ``probs``.
+    shown: np.ndarray | None = None
 
 
 @dataclass

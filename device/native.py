@@ -1,4 +1,5 @@
-"""Taming native libraries: their stderr chatter and mediapipe's optional TensorFlow import."""
+"""Taming native libraries: their stderr chatter, mediapipe's optional TensorFlow import, and the system
+libraries they need (named with the command that installs them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 _quiet = False  # quiet_native_logs() ran
+
+# What MediaPipe's native library links against beyond a base system, and the Debian / Raspberry Pi OS
+# packages that bring it: a debootstrap or "Lite" image lacks both.
+SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
+MISSING = re.compile(r"([\w.+-]+\.so(?:\.\d+)*): cannot open shared object file")
 
 # What LiteRT, MediaPipe and absl/glog print at INFO and WARNING level: "INFO: Created TensorFlow Lite
 # XNNPACK delegate", "INFO: [accelerator_registry.cc:43] DestroyAccelerator", "WARNING: Logging before
@@ -77,6 +83,21 @@ def _filter(read_fd: int, real_fd: int) -> None:
 def _unraisable_to_debug(unraisable) -> None:
     log.debug("ignored in %r: %s", unraisable.object, unraisable.exc_value,
               exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+
+
+def missing_library_message(what: str, exc: OSError | ImportError) -> str | None:
+    """One line for a native library that cannot load because a shared library is missing (the dynamic
+    loader's "libEGL.so.1: cannot open shared object file"), with the command that installs it; None for
+    other errors."""
+    match = MISSING.search(str(exc))
+    if match is None:
+        return None
+    name = match.group(1)
+    if name in SYSTEM_LIBRARIES:
+        packages = " ".join(SYSTEM_LIBRARIES.values())  # both: the second would be missing next
+        return (f"{what} cannot load: {name} is missing; install the system libraries it needs: "
+                f"sudo apt install {packages}")
+    return f"{what} cannot load: the system library {name} is missing; install the package that provides it"
 
 
 @contextlib.contextmanager

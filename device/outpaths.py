@@ -6,6 +6,7 @@ nearest existing parent, and writability is probed with an unnamed temp file.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -20,17 +21,26 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_dir(folder: str | os.PathLike, what: str) -> None:
-    """``folder`` exists as a writable folder, or can be created as one."""
+def _why_not(exc: OSError) -> str:
+    """Why no file can be created in a folder that exists."""
+    if exc.errno == errno.ENOENT:  # what /proc answers: "No such file or directory", about a folder that exists
+        return "the folder exists but takes no new files (a virtual filesystem such as /proc)"
+    return exc.strerror or str(exc)  # Read-only file system, Permission denied, ...
+
+
+def check_dir(folder: str | os.PathLike, what: str, target: str | os.PathLike | None = None) -> None:
+    """``folder`` exists as a writable folder, or can be created as one; errors name ``target`` (default:
+    the folder)."""
     folder = Path(folder)
+    named = folder if target is None else target
     existing = _nearest_existing(folder)
     if not existing.is_dir():
-        raise OutputError(f"{what} {folder}: {existing} is not a folder")
+        raise OutputError(f"{what} {named}: {existing} is not a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise OutputError(f"{what} {folder}: cannot write in {existing}: {exc.strerror or exc}") from None
+        raise OutputError(f"{what} {named}: cannot create files in {existing}: {_why_not(exc)}") from None
 
 
 def check_file(path: str | os.PathLike, what: str) -> None:
@@ -44,4 +54,4 @@ def check_file(path: str | os.PathLike, what: str) -> None:
         except OSError as exc:
             raise OutputError(f"{what} {path}: cannot write: {exc.strerror or exc}") from None
     else:
-        check_dir(path.parent, what)
+        check_dir(path.parent, what, path)

@@ -12,6 +12,9 @@ tracks; the second keeps those tracks' label changes for the timeline plot.
 - Output: ``tracks.png``, ``shares.png``, ``faces.png``, ``distribution.png`` and ``index.html``
   (the plots and a table: runs, duration, frames, faces, class shares), each written to a
   temporary file and renamed.
+- Honest at any duration, from seconds to months: a label segment lasts from its first row to the
+  track's next row (one frame interval past its last one), never a fixed minimum width; the time axes
+  span the data's bins and no more; time between runs is a gap, not a line.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from device.progress import Progress
 log = logging.getLogger(__name__)
 
 TIMELINE_TRACKS = 12  # the longest tracks get a timeline row each
+GAP = 5.0  # s: a track unseen this long has paused; its label segment ends one frame after its last row
 HOURLY_AFTER = 6 * 3600  # class shares per hour (rather than per minute) for logs longer than this
 PLOTS = ("tracks", "shares", "faces", "distribution")
 
@@ -66,6 +70,11 @@ class Run:
     @property
     def duration(self) -> float:
         return max(0.0, self.end - self.start)
+
+    @property
+    def frame_interval(self) -> float:
+        """Seconds from one frame to the next, on average (0 for a run of one frame)."""
+        return self.duration / (self.frames - 1) if self.frames > 1 else 0.0
 
 
 @dataclass
@@ -256,10 +265,13 @@ def _first_pass(t: Tally, readers: Iterator[tuple[int, Iterator[list[str]]]]) ->
 
 
 def _second_pass(t: Tally, readers: Iterator[tuple[int, Iterator[list[str]]]], wanted: set) -> None:
-    """The label changes of the wanted tracks: [start, end, class] segments."""
+    """The label changes of the wanted tracks: [start, end, class] segments.  A label holds from its row to
+    the track's next row; after the last row of a stretch (the track ends, or pauses for GAP), for one frame
+    interval of its run."""
     index = {label: i for i, label in enumerate(t.labels)}
     frames = _Frames()
     wanted_tracks = {track for _, track in wanted}
+    last: dict[tuple[int, str], float] = {}  # the time of each track's last row
     for shift, rows in readers:
         for row in rows:
             try:
@@ -276,10 +288,17 @@ def _second_pass(t: Tally, readers: Iterator[tuple[int, Iterator[list[str]]]], w
                 continue
             now = frames.now
             segments = t.timelines.setdefault(key, [])
-            if segments and segments[-1][2] == label and now - segments[-1][1] < 5.0:
-                segments[-1][1] = now
+            if segments and now - last[key] < GAP:
+                segments[-1][1] = now  # the label shown since the last row held until this one
+                if segments[-1][2] != label:
+                    segments.append([now, now, label])
             else:
+                if segments:
+                    segments[-1][1] += t.runs[key[0]].frame_interval
                 segments.append([now, now, label])
+            last[key] = now
+    for (run, _), segments in t.timelines.items():
+        segments[-1][1] += t.runs[run].frame_interval
 
 
 # -- plots and page ----------------------------------------------------------------------------------
@@ -290,44 +309,62 @@ def _days(seconds) -> np.ndarray:
     return np.asarray(seconds, dtype="float64") / 86400.0
 
 
-def plot_all(t: Tally, out: Path) -> dict[str, Path]:
+def _unit(seconds: float) -> tuple[str, float]:
+    """A unit for a span of time: (name, seconds in it)."""
+    for above, name, per in ((2 * 86400, "d", 86400.0), (2 * 3600, "h", 3600.0), (120, "min", 60.0)):
+        if seconds > above:
+            return name, per
+    return "s", 1.0
+
+
+def _time_axis(ax, start: float, end: float) -> None:
+    """An x axis of UTC dates over exactly [start, end] (epoch seconds), its ticks fit for the span."""
+    import matplotlib.dates as mdates
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlim(_days(start), _days(end))
+    ax.set_xlabel("UTC")
+
+
+def _covered(t: Tally, first: int, count: int) -> np.ndarray:
+    """Which of ``count`` minutes from minute ``first`` fall inside a run (the others are between runs)."""
+    inside = np.zeros(count, dtype=bool)
+    for r in t.runs:
+        inside[int(r.start // 60) - first:int(r.end // 60) - first + 1] = True
+    return inside
+
+
+def figures(t: Tally) -> dict:
+    """The plots as matplotlib figures, by name (``plot_all`` saves and closes them)."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     colors = plt.get_cmap("tab10").colors
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        tmp = out / f".{name}.png.tmp"
-        fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
-        os.replace(tmp, out / f"{name}.png")
-        written[name] = out / f"{name}.png"
+    figs = {}
 
     # each track's emotion over time: one row per track, coloured by the shown class, each from its own
     # start (tracks minutes long in a month-long log would be slivers on a shared time axis)
     keys = sorted(t.timelines, key=lambda k: t.timelines[k][0][0])
     longest = max(t.timelines[k][-1][1] - t.timelines[k][0][0] for k in keys)
-    unit, per = ("min", 60.0) if longest > 120 else ("s", 1.0)
+    unit, per = _unit(longest)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(keys) + 1.6))
     for row, key in enumerate(keys):
         t0 = t.timelines[key][0][0]
         for k in range(len(t.labels)):
-            bars = [((s - t0) / per, max(e - s, 0.5) / per) for s, e, c in t.timelines[key] if c == k]
+            bars = [((s - t0) / per, (e - s) / per) for s, e, c in t.timelines[key] if c == k]
             if bars:
                 ax.broken_barh(bars, (row - 0.4, 0.8), color=colors[k % 10])
     ax.set_yticks(range(len(keys)), [f"run {r + 1} track {tr}, {_stamp(t.timelines[(r, tr)][0][0])[:16]}"
                                      for r, tr in keys], fontsize=8)
     ax.set_xlabel(f"{unit} since the track appeared")
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, longest / per if longest > 0 else 1.0)
     ax.set_title(f"Emotion over time: the {len(keys)} longest tracks" if len(t.track_rows) > len(keys)
                  else "Emotion over time, per track")
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colors[k % 10]) for k in range(len(t.labels))],
               labels=list(t.labels), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    save(fig, "tracks")
+    figs["tracks"] = fig
 
     # share of each class per minute, or per hour for long logs
     minutes = np.array(sorted(t.minute_counts))
@@ -338,30 +375,32 @@ def plot_all(t: Tally, out: Path) -> dict[str, Path]:
     for m in minutes:
         counts[m // step - first] += t.minute_counts[int(m)]
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    xs = _days((first + np.arange(len(counts) + 1)) * step * 60)
+    edges = (first + np.arange(len(counts) + 1)) * step * 60
     shares = np.vstack([shares, shares[-1:]])  # the last bin gets its width
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.stackplot(xs, shares.T, labels=t.labels, colors=[colors[k % 10] for k in range(len(t.labels))],
+    ax.stackplot(_days(edges), shares.T, labels=t.labels, colors=[colors[k % 10] for k in range(len(t.labels))],
                  step="post", linewidth=0)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of faces")
     ax.set_title(f"Class share per {'hour' if step == 60 else 'minute'}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.xaxis_date()
-    fig.autofmt_xdate()
-    save(fig, "shares")
+    _time_axis(ax, edges[0], edges[-1])
+    figs["shares"] = fig
 
-    # faces per minute (distinct tracks seen in each minute)
+    # faces per minute (distinct tracks seen in each minute): 0 in a run's minutes without a face, nothing
+    # between runs (the device was not running)
+    first = int(min(r.start for r in t.runs) // 60)
+    count = int(max(r.end for r in t.runs) // 60) - first + 1
+    values = np.array([t.minute_tracks.get(first + i, 0) for i in range(count)], dtype=float)
+    values[~_covered(t, first, count)] = np.nan
+    edges = (first + np.arange(count + 1)) * 60
     fig, ax = plt.subplots(figsize=(9, 3))
-    ms = np.array(sorted(t.minute_tracks))
-    ax.plot(_days(ms * 60), [t.minute_tracks[int(m)] for m in ms], drawstyle="steps-post",
-            marker="." if len(ms) < 120 else None)
+    ax.stairs(values, _days(edges), baseline=None)
     ax.set_ylabel("faces (tracks)")
     ax.set_title("Faces per minute")
-    ax.set_ylim(bottom=0)
-    ax.xaxis_date()
-    fig.autofmt_xdate()
-    save(fig, "faces")
+    ax.set_ylim(0, max(1.0, float(np.nanmax(values))) * 1.1)
+    _time_axis(ax, edges[0], edges[-1])
+    figs["faces"] = fig
 
     # the overall distribution
     total = t.counts()
@@ -372,7 +411,26 @@ def plot_all(t: Tally, out: Path) -> dict[str, Path]:
         ax.text(k, v, f"{100 * v:.1f}%", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("share of faces")
     ax.set_title(f"Overall class distribution ({int(total.sum()):,} face observations)")
-    save(fig, "distribution")
+    figs["distribution"] = fig
+    return figs
+
+
+def plot_all(t: Tally, out: Path) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    figs = figures(t)
+    try:
+        for name, fig in figs.items():
+            fig.tight_layout()
+            tmp = out / f".{name}.png.tmp"
+            fig.savefig(tmp, dpi=90, format="png")
+            os.replace(tmp, out / f"{name}.png")
+            written[name] = out / f"{name}.png"
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
     return written
 
 

@@ -19,6 +19,11 @@ The boxes keep the full-range model's convention (size and offset around the
 face), so crops and classification don't drift.  A face that enters the frame
 is found by the next full detection: within ``detect_every`` frames.
 
+A frame that starts a new scene (``new_scene``: every still image) or comes
+in another size than the last one (a camera renegotiating, a folder of photos)
+forgets everything first (:meth:`ScheduledDetector.reset`): it gets a full
+detection, and nothing is followed into it.
+
 With more than one worker, ``Lookahead`` runs the periodic full detections
 ahead, on its own thread and its own detector, on the frames where the
 schedule will want them: the reading stage offers each frame as it is decoded,
@@ -64,6 +69,7 @@ class ScheduleStats:
     full: int = 0  # frames with a full-frame detection
     followed: int = 0  # frames where every face was followed by flow
     cuts: int = 0
+    scenes: int = 0  # new scenes: frames marked as one by their source, or of another size than the last
     changes: int = 0  # full detections for a change away from the followed faces
     lost: int = 0
     ahead: int = 0  # full detections that the lookahead had run (or was running) on another thread
@@ -163,6 +169,13 @@ class ScheduledDetector:
         self._gray: list[np.ndarray] | None = None  # the last frame's grey pyramid
         self._thumb: np.ndarray | None = None
 
+    def reset(self) -> None:
+        """Forget the scene: the next frame gets a full detection, and no face is followed into it."""
+        self._since_full = 0
+        self._faces = []
+        self._recheck = self._doubtful = False
+        self._gray = self._thumb = None
+
     @property
     def cfg(self):
         return self.detector.cfg
@@ -183,8 +196,12 @@ class ScheduledDetector:
         if self.lookahead is not None and index is not None:
             self.lookahead.expect(index + after)
 
-    def detect(self, bgr: np.ndarray, index: int | None = None) -> list[Detection]:
-        """Faces in frame number ``index`` (the lookahead needs it; without it every detection is run here)."""
+    def detect(self, bgr: np.ndarray, index: int | None = None, new_scene: bool = False) -> list[Detection]:
+        """Faces in frame number ``index`` (the lookahead needs it; without it every detection is run here);
+        ``new_scene``: the frame owes nothing to the last one (a still image), so nothing is carried over."""
+        if new_scene or (self._gray is not None and self._gray[0].shape != bgr.shape[:2]):
+            self.stats.scenes += 1
+            self.reset()
         if self.detect_every == 1:  # today's behaviour, without the grey frames
             found = self._full(bgr, index)[0]
             self._next_full(index, 1)
@@ -268,6 +285,8 @@ def follow_box(prev: list[np.ndarray], gray: list[np.ndarray], box: Box) -> Box 
     while level + 1 < len(prev) and max(box.w, box.h) >> level > FLOW_SIZE:
         level += 1
     a, b, f = prev[level], gray[level], 1 << level
+    if a.shape != b.shape:  # another frame size: flow cannot follow anything across it
+        return None
     x0, y0 = max(0, box.x // f), max(0, box.y // f)
     x1, y1 = min(a.shape[1], (box.x + box.w) // f), min(a.shape[0], (box.y + box.h) // f)
     if x1 - x0 < 8 or y1 - y0 < 8:

@@ -5,12 +5,18 @@ desktop), ``drm`` (picamera2's DRM preview with an overlay, for a Pi HDMI
 screen without a desktop), ``FILE.mp4`` (annotated video) or ``DIR/``
 (annotated images, named after their source images).  Every sink has
 ``write(image, frame) -> bool`` (False: the viewer asked to quit) and ``close()``.
+
+An .mp4 is H.264 ('avc1'), which browsers play, where this OpenCV can encode it
+(probed once by writing a tiny file: OpenCV's pip wheels ship no H.264 encoder);
+otherwise MPEG-4 Part 2 ('mp4v'), and the log says how to play or convert it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,10 +27,26 @@ from device.config import OutputConfig
 from device.errors import ConfigError, WriteError
 from device.frames import Frame
 from device.manifest import write_atomic
+from device.native import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+H264 = "avc1"
+
+
+@functools.cache
+def mp4_fourcc() -> str:
+    """'avc1' (H.264) where this OpenCV can write it, else 'mp4v': found once, by writing a tiny file."""
+    with tempfile.TemporaryDirectory() as folder, quiet_native_stderr():  # FFmpeg says why it cannot, on fd 2
+        path = os.path.join(folder, "probe.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*H264), 30, (64, 48))
+        ok = writer.isOpened()
+        if ok:
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+        writer.release()
+        ok = ok and os.path.getsize(path) > 0
+    return H264 if ok else VIDEO_SUFFIXES[".mp4"]
 
 
 class Sink:
@@ -105,10 +127,12 @@ class VideoFileSink(Sink):
         self._writer: cv2.VideoWriter | None = None
         outpaths.check_file(path, "--output")
         path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = path.suffix.lower()
+        self.fourcc = mp4_fourcc() if suffix == ".mp4" else VIDEO_SUFFIXES.get(suffix, "mp4v")
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
         if self._writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*VIDEO_SUFFIXES.get(self.path.suffix.lower(), "mp4v"))
+            fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
             self._writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (image.shape[1], image.shape[0]))
             if not self._writer.isOpened():
                 raise ConfigError(f"output.target: cannot write video {self.path}")
@@ -120,6 +144,11 @@ class VideoFileSink(Sink):
             self._writer.release()
             os.replace(self.tmp, self.path)
             log.info("wrote %s", self.path)
+            if self.path.suffix.lower() == ".mp4" and self.fourcc != H264:
+                h264 = self.path.with_name(f"{self.path.stem}-h264.mp4")
+                log.info("%s is MPEG-4 Part 2 ('mp4v'): this OpenCV has no H.264 encoder, and browsers play only "
+                         "H.264; play it with VLC or mpv, or convert it: ffmpeg -i %s -c:v libx264 -pix_fmt yuv420p "
+                         "-movflags +faststart %s", self.path, self.path, h264)
 
 
 class ImageDirSink(Sink):

@@ -3,15 +3,16 @@
 ``open_source(uri)`` normalises every shorthand in one place:
 
 ==========================  ==================================================
-``auto``                    the first camera found (picamera2, then /dev/video*)
+``auto``                    the first camera found (picamera2, then /dev/video*); none at
+                            all is an error at once (NoCameraError), not a wait
 ``demo`` or ``demo:N``      built-in moving faces (2, or N of 1..2); no camera, no download
 ``picamera2:N``             Raspberry Pi camera N (apt's picamera2, imported lazily)
 ``/dev/videoN`` or ``N``    V4L2 / USB camera through OpenCV
 ``... ! appsink``           a GStreamer pipeline (Jetson CSI: nvarguscamerasrc)
 ``rtsp://``, ``http(s)://`` a network stream
 a video file                read to its end (``loop`` restarts it)
-an image file, a folder,    images in sorted order; unreadable ones are
-or a glob                   skipped and counted
+an image file, a folder,    images in sorted order, each a new scene;
+or a glob                   unreadable ones are skipped and counted
 ==========================  ==================================================
 
 ``read()`` returns the next :class:`Frame`, or None when a finite source has
@@ -24,11 +25,13 @@ hold up a stop (``stop`` makes the wait return at once).
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import math
 import os
 import queue
+import struct
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +40,7 @@ import cv2
 import numpy as np
 
 from device.config import SourceConfig
-from device.errors import SourceError
+from device.errors import NoCameraError, SourceError
 from device.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,13 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 STREAM_TIMEOUT_MS = 10_000  # OpenCV's own open/read timeouts for streams (30 s by default): frees stuck workers
 KNOWN = "auto, demo[:N], picamera2:N, /dev/videoN, N, rtsp://..., a GStreamer pipeline, a video, an image, a folder or glob"
+DEV = Path("/dev")  # where ``auto`` looks for V4L2 nodes (tests point it at a folder of their own)
+VIDIOC_QUERYCAP = 0x80685600  # _IOR('V', 0, struct v4l2_capability), 104 bytes
+CAP_CAPTURE = 0x00000001 | 0x00001000  # V4L2_CAP_VIDEO_CAPTURE, V4L2_CAP_VIDEO_CAPTURE_MPLANE
+CAP_M2M = 0x00004000 | 0x00008000  # memory-to-memory: codecs and scalers, never a camera
+CAP_DEVICE_CAPS = 0x80000000  # device_caps is filled in (this node's own capabilities)
+# Drivers whose capture nodes are not cameras: a Raspberry Pi has them with no camera attached.
+NOT_CAMERAS = {"bcm2835-codec", "bcm2835-isp", "rpi-hevc-dec", "pispbe"}
 
 
 def _now() -> datetime:
@@ -75,8 +85,8 @@ class FrameSource:
     def close(self) -> None:
         pass
 
-    def _frame(self, image: np.ndarray, name: str | None = None) -> Frame:
-        frame = Frame(image, self.index, name or self.name, _now())
+    def _frame(self, image: np.ndarray, name: str | None = None, new_scene: bool = False) -> Frame:
+        frame = Frame(image, self.index, name or self.name, _now(), new_scene)
         self.index += 1
         return frame
 
@@ -88,7 +98,8 @@ class FrameSource:
 
 
 class ImageFilesSource(FrameSource):
-    """Image files in sorted order; each frame's source is its file name."""
+    """Image files in sorted order; each frame's source is its file name.  Photos are not a video: every
+    image starts a new scene, so its result never depends on the images before it."""
 
     def __init__(self, paths: list[Path], loop: bool = False):
         super().__init__()
@@ -111,7 +122,7 @@ class ImageFilesSource(FrameSource):
             self._next += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                return self._frame(image, path.name)
+                return self._frame(image, path.name, new_scene=True)
             self.skipped += 1
             log.warning("skipped unreadable image %s", path)
 
@@ -340,25 +351,63 @@ def _image_paths(spec: str) -> list[Path] | None:
     return None
 
 
-def _first_camera(cfg: SourceConfig) -> FrameSource:
+def is_camera(capability: bytes) -> bool:
+    """From a node's struct v4l2_capability: it captures video and is not a codec, scaler or ISP."""
+    driver = capability[:16].split(b"\0")[0].decode(errors="replace")
+    caps, device_caps = struct.unpack_from("<II", capability, 84)
+    if caps & CAP_DEVICE_CAPS:
+        caps = device_caps
+    return bool(caps & CAP_CAPTURE) and not caps & CAP_M2M and driver not in NOT_CAMERAS
+
+
+def _may_be_camera(node: Path) -> bool:
+    """What the node says it is (VIDIOC_QUERYCAP); a node that cannot be asked (no permission) may be one."""
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        return is_camera(fcntl.ioctl(fd, VIDIOC_QUERYCAP, bytes(104)))
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def camera_nodes(dev: Path | None = None) -> list[Path]:
+    """The V4L2 nodes that may be cameras (``/dev/video0``, ...), in number order."""
+    nodes = [p for p in (dev or DEV).glob("video*") if p.name[5:].isdigit()]
+    return [p for p in sorted(nodes, key=lambda p: int(p.name[5:])) if _may_be_camera(p)]
+
+
+def libcamera_cameras() -> int:
+    """Cameras that libcamera sees through picamera2 (0 without picamera2)."""
     try:
         from picamera2 import Picamera2
-        if Picamera2.global_camera_info():
-            return Picamera2Source(0, cfg)
+        return len(Picamera2.global_camera_info())
     except (ModuleNotFoundError, RuntimeError, OSError):
-        pass
-    for index in range(10):
-        if os.path.exists(f"/dev/video{index}"):
-            try:
-                source = VideoCaptureSource(index, f"/dev/video{index}", True, cfg, cv2.CAP_V4L2)
-            except SourceError:
-                continue
-            ok, _ = source._cap.read()
-            if ok:
-                return source
-            source.close()
-    raise SourceError("no camera found; choose a source with --source (e.g. --source demo, --source video.mp4,"
-                      " --source /dev/video0, --source picamera2:0)")
+        return 0
+
+
+def _first_camera(cfg: SourceConfig) -> FrameSource:
+    if libcamera_cameras():
+        return Picamera2Source(0, cfg)
+    nodes = camera_nodes()
+    if not nodes:  # nothing to wait for: say so now, not after no_frame_timeout of retries
+        raise NoCameraError(f"no camera found: no camera device in {DEV} (video*) and no libcamera camera; plug one "
+                            "in, or choose a source with --source (e.g. --source demo, --source video.mp4, "
+                            "--source rtsp://...)")
+    for node in nodes:
+        try:
+            source = VideoCaptureSource(str(node), str(node), True, cfg, cv2.CAP_V4L2)
+        except SourceError:
+            continue
+        ok, _ = source._cap.read()
+        if ok:
+            return source
+        source.close()
+    raise SourceError(f"no camera delivers frames ({', '.join(map(str, nodes))}); choose a source with --source "
+                      f"(e.g. --source demo, --source video.mp4, --source /dev/video0, --source picamera2:0)")
 
 
 def is_live(uri: str) -> bool:

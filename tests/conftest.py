@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,40 @@ LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@functools.cache
+def index_unreachable() -> str | None:
+    """Why pip cannot get packages here, as it is configured (index, mirrors, find-links); None when it can.
+    The probe is what building the wheel asks for first: setuptools (about 1 MB, a second or two)."""
+    with tempfile.TemporaryDirectory() as folder:
+        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "0", "--timeout",
+                                "10", "-q", "-d", folder, "setuptools>=77"], capture_output=True, text=True,
+                               timeout=120)
+    if probe.returncode == 0:
+        return None
+    last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"the package index is unreachable (pip download setuptools: {last}); these tests pip-install a wheel"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``network`` tests are skipped, with the reason, when the package index cannot be reached."""
+    needs = [item for item in items if item.get_closest_marker("network")]
+    reason = index_unreachable() if needs else None
+    for item in needs if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """At the end, what was not run and why (a missing browser, broker or dataset), however -r is set."""
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):  # (file, line, "Skipped: reason")
+            reasons[report.longrepr[2].removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("not run, and why")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:4d} skipped: {reason}")
 
 
 def copy_subset(dst: Path, per_class: int, splits=("train", "val"), labels=LABELS) -> Path:

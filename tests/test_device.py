@@ -206,7 +206,7 @@ def test_manifest_that_does_not_match_the_model_is_refused(tmp_path, tflite_mode
 
 def test_corrupt_model_is_one_line(tmp_path, tflite_model):
     model = tmp_path / "bad.tflite"
-    model.write_bytes(b"not a flatbuffer" * 100)
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"not a flatbuffer" * 100)  # a .tflite's identifier, then garbage
     manifest = tflite_model.with_suffix(".json").read_text()
     (tmp_path / "bad.json").write_text(manifest.replace(sha256_file(tflite_model), sha256_file(model)))
     assert_one_error_line(run_device("run", "--source", "demo", "--model", str(model)), 78, "cannot load")

@@ -1,7 +1,8 @@
 """The installed wheel works from any folder: bundled model, per-installation face models, systemd files.
 
 Builds the wheel, installs it (not editable) with its [device] extra into a fresh venv from the
-package index (about a minute), and runs it from a temporary folder.  Marked slow.
+package index (about a minute), and runs it from a temporary folder.  Marked slow, and network: they
+are skipped, with the reason, when the package index cannot be reached (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def clean_env(**extra: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_installed_wheel_runs_the_demo_from_any_folder(installed, tmp_path):
     venv = installed.parent
     where = sh(installed / "python", "-c", "import device; print(device.__file__)", cwd=tmp_path, env=clean_env())
@@ -93,6 +95,7 @@ def test_installed_wheel_runs_the_demo_from_any_folder(installed, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_installed_wheel_installs_the_service(installed, tmp_path):
     root = tmp_path / "root"
     result = sh(installed / "emotion-device", "install-service", "--root", root, "--platform", "generic",

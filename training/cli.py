@@ -1,4 +1,7 @@
-"""``python -m training {fit,evaluate,predict,average,tune,bench}``."""
+"""``python -m training {fit,evaluate,predict,average,tune,bench}``.
+
+Needs the [train] extra (TensorFlow, Keras, scikit-learn): pip install 'edge-emotion[train]'.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import os
 import sys
 
+from device.extras import EXIT_CODE, missing_extra
 from training.config import CHOICES, FitConfig, read_recipe
 
 HELP = {
@@ -72,7 +76,8 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -156,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a [device]-only install: no TensorFlow, Keras or scikit-learn
+        line = missing_extra(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

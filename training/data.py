@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from device.preprocess import to_model_image  # one definition, shared with the device
 
@@ -202,6 +201,8 @@ def load_splits(data: str | Path, size: int, color: str, val_fraction: float = 0
 
 
 def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    from sklearn.model_selection import train_test_split  # [train] only: reading images needs no scikit-learn
+
     index = np.arange(len(ds))
     try:
         a, b = train_test_split(index, test_size=fraction, random_state=seed, stratify=ds.y)
