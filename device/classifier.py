@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import manifest as mf
+from device import locations, manifest as mf
 from device.config import ClassifierConfig
 from device.errors import ModelError
 from device.frames import Box
@@ -57,7 +57,7 @@ def check_model(runtime: Runtime, manifest: mf.Manifest, path: Path) -> None:
 
 def open_checked(model: str | Path, threads: int = 1, accelerator: str = "auto") -> tuple[Runtime, mf.Manifest]:
     """A .tflite and its manifest, checked against each other (sha256, input shape, labels)."""
-    model = Path(model)
+    model = locations.model_path(model)
     manifest = load_manifest(model)
     if not manifest.model_sha256:
         raise ModelError(f"{mf.manifest_path_for(model)} has no model_sha256: convert the model again"

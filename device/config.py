@@ -58,7 +58,9 @@ class DetectorConfig:
 
 @dataclass
 class ClassifierConfig:
-    model: str = opt(DEFAULT_MODEL, "emotion model (.tflite with its .json manifest beside it)", "--model")
+    model: str = opt(DEFAULT_MODEL, "emotion model: ferplus (shipped, the default: 8 expressions as ten annotators "
+                     "see them), fer2013 (shipped: FER2013's 7 single-annotator labels), or a .tflite with its .json "
+                     "manifest beside it", "--model")
     threads: int = opt(1, "CPU threads for the classifier", "--threads", low=1, high=64)
     accelerator: str = opt("auto", "auto, cpu, gpu, or PATH.so of an external delegate", "--accelerator")
     crop_margin: float | None = opt(None, "override the manifest's face-crop margin", "--crop-margin",

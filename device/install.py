@@ -137,11 +137,13 @@ def _ensure_venv(args: argparse.Namespace, platform: str) -> None:
 
 
 def _copy_models(src: Path | None, dst: Path) -> None:
-    """The emotion model with its manifest and the face models, from ``src`` or from where ``run`` finds them."""
+    """The shipped emotion models with their manifests and the face models, from ``src`` or from where ``run``
+    finds them."""
     model = Path(cfgmod.DEFAULT_MODEL).name
     sources = {name: (src or locations.face_models_dir()) / name for name in FACE_MODELS}
-    for name in (model, manifest_path_for(model).name):
-        sources[name] = (src or locations.bundled_models()) / name
+    for shipped in locations.SHIPPED_MODELS.values():
+        for name in (shipped, manifest_path_for(shipped).name):
+            sources[name] = (src or locations.bundled_models()) / name
     dst.mkdir(parents=True, exist_ok=True)
     for name, path in sources.items():
         if path.is_file():

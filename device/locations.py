@@ -1,8 +1,9 @@
 """Where the device finds its files, the same from a checkout and from an installed wheel.
 
-- The default emotion model and its manifest: the wheel ships them as package data
+- The shipped emotion models and their manifests: the wheel ships them as package data
   (``device/models/``, mapped from the repository's ``models/`` in pyproject.toml); a checkout
-  uses ``models/`` itself.
+  uses ``models/`` itself.  ``ferplus`` (the default: what ten annotators see, 8 expressions)
+  and ``fer2013`` (FER2013's single labels, 7 expressions) name them for ``--model``.
 - The face-detection models (not ours to ship): one folder per installation.  In order:
   ``--face-models DIR``, ``$EMOTION_DEVICE_FACE_MODELS``, a checkout's ``models/``, then
   ``<venv>/share/emotion-device/models`` inside a virtual environment, else
@@ -20,7 +21,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 CHECKOUT = PACKAGE.parent
-MODEL_NAME = "emotion_fer2013.tflite"
+SHIPPED_MODELS = {"ferplus": "emotion_ferplus.tflite", "fer2013": "emotion_fer2013.tflite"}
+MODEL_NAME = SHIPPED_MODELS["ferplus"]
 FACE_MODELS_ENV = "EMOTION_DEVICE_FACE_MODELS"
 AUTO = "auto"
 
@@ -42,6 +44,12 @@ def bundled_models() -> Path:
 
 def default_model() -> Path:
     return bundled_models() / MODEL_NAME
+
+
+def model_path(setting: str | os.PathLike) -> Path:
+    """``--model``: a shipped model's name (``ferplus``, ``fer2013``) or a path to a .tflite."""
+    name = SHIPPED_MODELS.get(str(setting))
+    return bundled_models() / name if name else Path(setting)
 
 
 def templates() -> Path:
