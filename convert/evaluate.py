@@ -1,8 +1,8 @@
 """``python -m convert evaluate``: a .tflite in LiteRT on a labelled folder, exactly as the device runs it.
 
 Each image becomes a model-size image (``training.data.read_image``), then
-goes through :func:`device.runtime.to_input` and :func:`device.runtime.to_probs`,
-the same two functions as the device's classifier.  This module needs LiteRT,
+goes through :func:`device.classifier.predict`: :func:`device.runtime.to_input`
+and :func:`device.runtime.to_probs`, the same two functions as the device's classifier.  This module needs LiteRT,
 OpenCV and scikit-learn but never TensorFlow: Keras is imported only for the
 optional comparison with the source model (``--keras``).
 """
@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from device import manifest as mf
-from device.classifier import open_checked
+from device.classifier import open_checked, predict
 from device.errors import ModelError
-from device.runtime import Runtime, to_input, to_probs
 from training import report, votes as fer_votes
 from training.data import Dataset, load_folder_for
 
@@ -39,15 +38,6 @@ def load_labelled(data: str | Path, manifest: mf.Manifest, votes: fer_votes.Vote
     ``votes``, labelled by the FER+ majority (training/votes.py)."""
     dataset = load_folder_for(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
     return fer_votes.attach(dataset, votes, str(labelled_folder(data))) if votes is not None else dataset
-
-
-def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """uint8 model-size images -> (N, classes) probabilities, in batches through the runtime."""
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], manifest, runtime.input)
-        chunks.append(to_probs(runtime.run(x), manifest, runtime.output))
-    return np.concatenate(chunks)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from device import manifest as mf
-from device.classifier import check_model
+from device.classifier import check_model, predict
 from device.errors import ModelError
 from device.runtime import Runtime, TensorSpec, open_runtime, to_input
 from training.data import Dataset
@@ -147,7 +147,7 @@ def tool_versions() -> dict[str, str]:
 def verify(runtime: Runtime, model: KerasModel, data: Dataset, data_dir: str, max_drop: float) -> dict[str, Any]:
     """The .tflite against its Keras model on labelled images: the manifest's ``verification``."""
     manifest = model.manifest
-    probs = evaluate.predict(runtime, manifest, data.x)
+    probs = predict(runtime, manifest, data.x)
     result = evaluate.compare(data, probs, manifest.labels, model.predict(data.x))
     on_votes = {key: result[key] for key in ("votes_cross_entropy", "folder_label_accuracy") if key in result}
     return {**on_votes,

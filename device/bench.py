@@ -21,9 +21,10 @@ import numpy as np
 
 from device.config import Config
 from device.frames import FrameResult
-from device.pipeline import STAGES, Pipeline
-from device.runner import open_runner, workers_for
+from device.pipeline import Pipeline
+from device.runner import workers_for
 from device.sources import is_live
+from device.stages import STAGES
 
 MATCH_IOU = 0.5
 
@@ -42,7 +43,7 @@ def _run(config: Config, frames: int, warmup: int) -> tuple[Pipeline, list[dict]
     seen: dict[int, Seen] = {}
     runner = None
     try:
-        runner = open_runner(pipeline)
+        runner = pipeline.open_runner()
         step = runner.step if runner else pipeline.step
 
         def one() -> bool:

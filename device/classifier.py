@@ -73,6 +73,16 @@ def open_checked(model: str | Path, threads: int = 1, accelerator: str = "auto")
     return runtime, manifest
 
 
+def predict(runtime: Runtime, manifest: mf.Manifest, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 model-size images -> (N, classes) probabilities, in batches through the runtime (convert's
+    evaluation, and a .tflite teacher in training/distill.py)."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], manifest, runtime.input)
+        chunks.append(to_probs(runtime.run(x), manifest, runtime.output))
+    return np.concatenate(chunks)
+
+
 class EmotionClassifier:
     def __init__(self, cfg: ClassifierConfig):
         self.runtime, self.manifest = open_checked(cfg.model, cfg.threads, cfg.accelerator)

@@ -24,15 +24,12 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 from device.config import MqttConfig, parse_mqtt_url
 from device.errors import ConfigError
 from device.frames import FrameResult
-from device.results import face_dict, snapshot, timestamp
-
-if TYPE_CHECKING:
-    from device.pipeline import Stats
+from device.results import face_dict, timestamp
+from device.stages import Stats
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ class MqttSink:
                  url.port, url.prefix, self.device_id)
 
     # -- the pipeline's side: never blocks on the network ---------------------------------------------
-    def publish(self, result: FrameResult, stats: "Stats") -> None:
+    def publish(self, result: FrameResult, stats: Stats) -> None:
         self._stats = stats
         if result.faces or self._had_faces:
             message = {"timestamp": timestamp(result), "run": self.run, "frame": result.frame.index,
@@ -152,7 +149,7 @@ class MqttSink:
         return self.client.publish(topic, payload, qos=1, retain=retain)
 
     def _status_payload(self, state: str = "online") -> bytes:
-        s = snapshot(self._stats)
+        s = self._stats.snapshot()
         c = self.counters()
         return json.dumps({"state": state, "fps": round(s.fps(), 2), "frames": s.frames, "faces": s.faces,
                            "frames_without_faces": s.frames_without_faces, "dropped_frames": s.skipped_frames,

@@ -5,10 +5,10 @@ One loop, one frame at a time, each stage timed; with more than one worker
 on their own threads, and the loop below is unchanged.  A stop event (set by a
 signal handler) ends it cleanly after the current frame, and a reload event
 (SIGHUP) swaps in a new config and model between two frames.  A camera that
-is missing at start or fails later is reopened with exponential backoff; after
-``no_frame_timeout`` seconds without a frame the run gives up with a SourceError
-(the service manager restarts the process).  Output paths are checked before
-the camera opens, and the CSV is created only once the source is open.
+is missing at start or fails later is reopened with backoff (device.reconnect).
+Output paths are checked before the camera opens, and the CSV is created only
+once the source is open.  Everything below this module is handed what it needs:
+nothing imports it but the commands that run it.
 """
 
 from __future__ import annotations
@@ -18,33 +18,30 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from device import csvlog, outpaths, overlay, sinks
+from device import csvlog, health, outpaths, overlay, sinks
 from device.classifier import EmotionClassifier
 from device.config import Config
 from device.csvlog import CsvLog
 from device.errors import DeviceError, SourceError, WriteError
-from device.frames import Detection, Frame, FrameResult
-from device.manifest import write_atomic
-from device.preprocess import crop_face
+from device.facecrops import FaceCrops
+from device.frames import Frame, FrameResult
 from device.progress import Progress
-from device.results import ResultSinks, open_results
-from device.runner import open_runner, workers_for
+from device.reconnect import reconnect
+from device.results import ResultSinks
+from device.runner import Runner, workers_for
 from device.scheduler import ScheduledDetector, open_detector
 from device.sinks import Sink, open_sink
 from device.sources import FrameSource, is_live, open_source
+from device.stages import STAGES, Stats, Work
 from device.tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-STAGES = ("decode", "detect", "classify", "track", "overlay", "output", "log")
 
 
 class Notifier:
@@ -61,50 +58,9 @@ class Notifier:
     def stopping(self) -> None: ...
 
 
-@dataclass
-class Work:
-    """A frame on its way through the stages."""
-
-    frame: Frame
-    timings: dict[str, float]  # stage -> milliseconds
-    detections: list[Detection] = field(default_factory=list)
-
-
-@dataclass
-class Stats:
-    frames: int = 0
-    faces: int = 0
-    classified: int = 0  # faces run through the classifier (fewer than faces with --classify-every > 1)
-    frames_without_faces: int = 0
-    skipped_frames: int = 0
-    reconnects: int = 0
-    started: float = field(default_factory=time.monotonic)
-    recent: deque = field(default_factory=lambda: deque(maxlen=120))  # (time, per-stage ms)
-
-    def fps(self) -> float:
-        if len(self.recent) < 2:
-            return 0.0
-        span = self.recent[-1][0] - self.recent[0][0]
-        return (len(self.recent) - 1) / span if span > 0 else 0.0
-
-    def median_ms(self) -> dict[str, float]:
-        if not self.recent:
-            return {}
-        keys = self.recent[-1][1].keys()
-        return {k: float(np.median([t[k] for _, t in self.recent if k in t])) for k in keys}
-
-
 def _open_detector(config: Config) -> ScheduledDetector:
     """With more than one worker the full detections run ahead on a thread of their own (device.scheduler)."""
     return open_detector(config.detector, ahead=workers_for(config.run.workers) > 1)
-
-
-def soc_temperature() -> float | None:
-    """SoC temperature in °C where the kernel exposes it (Pi, Jetson)."""
-    try:
-        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
-    except (OSError, ValueError):
-        return None
 
 
 class Pipeline:
@@ -116,9 +72,9 @@ class Pipeline:
         self.records: list[dict[str, float]] | None = None  # per-frame stage timings, for bench
         self._stop = stop or threading.Event()
         self._quit = False
-        self._first_frame = None  # read while waiting for a camera at start
-        self._faces_failed = False  # warned once that face crops cannot be written
-        self._runner = None  # device.runner's threads, while run() uses them
+        self._first_frame: Frame | None = None  # read while waiting for a camera at start
+        self.face_crops = FaceCrops(config.output.faces_dir) if config.output.faces_dir else None
+        self._runner: Runner | None = None  # device.runner's threads, while run() uses them
         self.before_reconnect: Callable[[], None] = lambda: None  # the runner waits here for frames in flight
         self.detector: ScheduledDetector | None = None  # set below; None lets close() run after a failed start
         self.csv: CsvLog | None = None
@@ -138,9 +94,7 @@ class Pipeline:
             # after the source: a run that fails on its source leaves no header-only CSV behind
             self.csv = CsvLog(config.log, self.classifier.labels, self.started_at) if config.log.csv else None
             self.sink = open_sink(config.output, self.source, float(config.source.fps))
-            self.results = open_results(config, self.classifier.labels, self.sink.needs_overlay
-                                        and not self.sink.transparent, self._csv_counters,
-                                        csvlog.utc_stamp(self.started_at))
+            self.results = self._open_results()
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self.close()
@@ -153,14 +107,45 @@ class Pipeline:
         if self.config.output.faces_dir:
             outpaths.check_dir(self.config.output.faces_dir, "--save-faces")
 
+    def _open_results(self) -> ResultSinks:
+        """The consumers beside the CSV log that the config turns on (none by default)."""
+        config, labels = self.config, self.classifier.labels
+        results = ResultSinks()
+        try:
+            if config.mqtt.url:
+                from device.mqtt import MqttSink  # paho-mqtt only when asked for
+                results.add(MqttSink(config.mqtt, labels, csvlog.utc_stamp(self.started_at)))
+            if config.web.serve:
+                from device.web import WebView
+                annotated = self.sink.needs_overlay and not self.sink.transparent  # frames come drawn on
+                results.add(WebView(config.web, labels, config.overlay, annotated,
+                                    counters=lambda: {**self._csv_counters(), **results.counters()},
+                                    device_id=config.mqtt.device_id or None))
+        except BaseException:
+            results.close()
+            raise
+        return results
+
     def _open_source(self) -> FrameSource | None:
         try:
-            return open_source(self.config.source.uri, self.config.source, self._stop)
+            return self._open_camera()
         except SourceError as exc:
             if not is_live(self.config.source.uri):
                 raise
-            self._first_frame = self._reconnect(exc)  # a camera not plugged in (yet): wait for it
+            self._first_frame = self._reconnect(exc, None)  # a camera not plugged in (yet): wait for it
             return self.source
+
+    def _open_camera(self) -> FrameSource:
+        return open_source(self.config.source.uri, self.config.source, self._stop)
+
+    def _reconnect(self, error: SourceError, failed: FrameSource | None) -> Frame | None:
+        """The source reopened with backoff (device.reconnect); its first frame, or None once stopped."""
+        self.source = None
+        self.source, frame = reconnect(error, failed, open_source=self._open_camera, uri=self.config.source.uri,
+                                       run=self.config.run, stop=self._stop, status=self.notifier.status)
+        if frame is not None:
+            self.stats.reconnects += 1
+        return frame
 
     # -- one frame ---------------------------------------------------------------------------
     # step() = read_stage -> detect_stage -> finish_stage; device.runner calls the three from different
@@ -209,20 +194,17 @@ class Pipeline:
         else:
             t5 = t4
         t6 = time.perf_counter()
-        if self.config.output.faces_dir and faces:
-            self._save_faces(frame, faces)
+        if self.face_crops is not None and faces:
+            self.face_crops.save(frame, faces, self.classifier.crop)
         if self.csv is not None:
             self.csv.write(frame, faces)
         t7 = time.perf_counter()
         for name, a, b in zip(STAGES[2:], (t2, t3, t4, t5, t6), (t3, t4, t5, t6, t7)):
             t[name] = (b - a) * 1000
-        self.stats.frames += 1
-        self.stats.faces += len(faces)
-        self.stats.frames_without_faces += not faces
+        self.stats.add_frame(len(faces), t, t7)
         source = self.source  # None while the reading thread reopens a camera
         if source is not None:
             self.stats.skipped_frames = source.skipped
-        self.stats.recent.append((t7, t))
         if self.records is not None:
             self.records.append(t)
         self.notifier.watchdog()  # only while frames flow
@@ -232,7 +214,7 @@ class Pipeline:
         self.results.publish(result, self.stats)  # never blocks: each consumer queues or keeps the latest
         return result
 
-    def _read(self):
+    def _read(self) -> Frame | None:
         """The next frame; a failing live source is reopened with backoff until the timeout."""
         if self._first_frame is not None:
             frame, self._first_frame = self._first_frame, None
@@ -245,56 +227,7 @@ class Pipeline:
             if not self.source.live:
                 raise
             self.before_reconnect()
-            return self._reconnect(exc)
-
-    def _reconnect(self, error: SourceError):
-        """Reopen the source with exponential backoff until a frame comes, or give up after the timeout."""
-        uri, run = self.config.source.uri, self.config.run
-        deadline = time.monotonic() + run.no_frame_timeout
-        delay = 0.5
-        while time.monotonic() < deadline and not self._stop.is_set():
-            log.warning("%s; retrying in %.1f s", error, delay)
-            self.notifier.status(f"no camera: {error}; retrying in {delay:.1f} s")
-            self._stop.wait(min(delay, max(0.0, deadline - time.monotonic())))  # never sleep past the deadline
-            delay = min(delay * 2, run.reconnect_max_delay)
-            if self.source is not None:
-                self.source.close()
-                self.source = None
-            try:
-                source = open_source(uri, self.config.source, self._stop)
-            except SourceError as exc:
-                error = exc
-                continue
-            try:
-                frame = source.read()
-            except SourceError as exc:
-                source.close()
-                error = exc
-                continue
-            self.source = source
-            if frame is not None:
-                self.stats.reconnects += 1
-                log.info("camera %s delivers frames again", uri)
-                self.notifier.status(f"camera {uri} connected")
-                return frame
-        if self._stop.is_set():
-            return None
-        raise SourceError(f"no frames for {run.no_frame_timeout:.0f} s ({error}); giving up")
-
-    def _save_faces(self, frame, faces) -> None:
-        import cv2
-        folder = Path(self.config.output.faces_dir)
-        for face in faces:
-            ok, data = cv2.imencode(".jpg", crop_face(frame.image, face.box, self.classifier.crop))
-            if not ok:
-                continue
-            try:
-                write_atomic(folder / f"{frame.index:08d}_track{face.track_id}.jpg", data.tobytes())
-            except OSError as exc:  # face crops are an extra: a full disk must not stop the CSV log
-                if not self._faces_failed:
-                    log.warning("--save-faces %s: cannot write face crops (%s); skipping them", folder,
-                                exc.strerror or exc)
-                self._faces_failed = True
+            return self._reconnect(exc, self.source)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, reload: threading.Event | None = None,
@@ -307,7 +240,7 @@ class Pipeline:
         next_stats = time.monotonic() + self.config.run.stats_interval
         first = True
         progress = self.progress = self._progress()
-        runner = self._runner = open_runner(self)  # None: everything on this thread
+        runner = self.open_runner()  # None: everything on this thread
         step = runner.step if runner else self.step
         while not self._stop.is_set() and not self._quit:
             if max_frames is not None and self.stats.frames >= max_frames:
@@ -334,6 +267,18 @@ class Pipeline:
             runner.close()
         return self.stats
 
+    def open_runner(self) -> Runner | None:
+        """device.runner's threads for the stages, when there is more than one worker."""
+        workers = workers_for(self.config.run.workers)
+        runner = self._runner = Runner(self, workers, self._stop, self._frames_left) if workers > 1 else None
+        if runner is not None:
+            self.before_reconnect = runner.wait_for_frames_in_flight  # a camera that fails waits for its frames
+        return runner
+
+    def _frames_left(self) -> int | None:
+        limit = self.config.run.max_frames
+        return None if limit is None else max(0, limit - self.stats.frames)
+
     def _progress(self) -> Progress:
         """Frames done of a file's total, on a terminal only (device.progress); cameras get none."""
         total = self.source.total if self.source is not None else None
@@ -342,26 +287,11 @@ class Pipeline:
         return Progress(total, " frames", "", enabled=False if total is None else None)
 
     def health_line(self) -> str:
-        s = self.stats
-        total = sum(s.median_ms().values())
-        temp = soc_temperature()
-        csv = ""
-        if self.csv is not None and (self.csv.backlog or self.csv.rows_dropped):
-            csv = f", csv disk full: {self.csv.backlog} rows held, {self.csv.rows_dropped} dropped"
-        return (f"fps {s.fps():.1f}, frames {s.frames}, faces {s.faces}, latency {total:.1f} ms, "
-                f"dropped frames {s.skipped_frames}, reconnects {s.reconnects}"
-                + (f", soc {temp:.1f} C" if temp is not None else "") + csv + self.results.health())
+        return health.health_line(self.stats, self.csv, self.results.health())
 
     def summary(self) -> str:
         """One line; after close(), so the CSV count is what is on disk."""
-        s = self.stats
-        elapsed = time.monotonic() - s.started
-        rows = f", {self.csv.rows_written} CSV rows in {self.csv.path}" if self.csv else ""
-        early = self.source.ended_early if self.source is not None else None
-        short = f"; source ended early: {early[0]} of {early[1]} frames" if early else ""
-        return (f"done: {s.frames} frames, {s.faces} faces, {s.frames_without_faces} frames without a face, "
-                f"{s.skipped_frames} unreadable frames skipped, {s.frames / elapsed if elapsed else 0:.1f} fps"
-                f"{rows}{short}")
+        return health.summary(self.stats, self.csv, self.source)
 
     def failure(self) -> DeviceError | None:
         """After close(): what makes an otherwise finished run fail (rows lost, a truncated source)."""

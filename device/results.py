@@ -1,30 +1,27 @@
-"""Consumers of per-frame results beside the CSV log: MQTT (device.mqtt) and the web view (device.web).
+"""Consumers of per-frame results beside the CSV log: what MQTT (device.mqtt) and the web view (device.web) share.
 
 Every consumer is a :class:`ResultSink`: the pipeline hands it each frame's
 :class:`FrameResult` and its live :class:`Stats` in one call, and closes it at
 the end.  ``publish`` must return at once: a consumer that does real work (a
 network, an encoder) keeps a bounded queue or only the latest result, does the
-work in its own thread, and counts what it drops.  Both are off by default.
+work in its own thread, and counts what it drops.  Both are off by default;
+the pipeline builds the ones the config turns on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Protocol
 
-from device.config import Config
 from device.csvlog import utc_stamp
 from device.frames import Face, FrameResult
-
-if TYPE_CHECKING:
-    from device.pipeline import Stats
+from device.stages import Stats
 
 log = logging.getLogger(__name__)
 
 
 class ResultSink(Protocol):
-    def publish(self, result: FrameResult, stats: "Stats") -> None:
+    def publish(self, result: FrameResult, stats: Stats) -> None:
         """Take one frame's result without blocking (called from the pipeline loop)."""
 
     def counters(self) -> dict[str, float]:
@@ -45,7 +42,7 @@ class ResultSinks:
     def add(self, sink: ResultSink) -> None:
         self.sinks.append(sink)
 
-    def publish(self, result: FrameResult, stats: "Stats") -> None:
+    def publish(self, result: FrameResult, stats: Stats) -> None:
         for sink in self.sinks:
             sink.publish(result, stats)
 
@@ -64,37 +61,6 @@ class ResultSinks:
                 sink.close()
             except Exception as exc:  # noqa: BLE001 - one consumer failing to close must not lose the others
                 log.warning("closing %s failed: %s", type(sink).__name__, exc)
-
-
-def open_results(config: Config, labels: tuple[str, ...], annotated: bool,
-                 extra: Callable[[], dict[str, float]] = dict, run: str = "") -> ResultSinks:
-    """The consumers that the config turns on (none by default).
-
-    ``annotated``: the pipeline already draws the overlay on each frame (an output sink that shows it);
-    ``extra``: further counters for the web view (the CSV backlog); ``run``: the CSV's run column.
-    """
-    sinks = ResultSinks()
-    try:
-        if config.mqtt.url:
-            from device.mqtt import MqttSink  # paho-mqtt only when asked for
-            sinks.add(MqttSink(config.mqtt, labels, run))
-        if config.web.serve:
-            from device.web import WebView
-            sinks.add(WebView(config.web, labels, config.overlay, annotated,
-                              counters=lambda: {**extra(), **sinks.counters()},
-                              device_id=config.mqtt.device_id or None))
-    except BaseException:
-        sinks.close()
-        raise
-    return sinks
-
-
-def snapshot(stats: "Stats") -> "Stats":
-    """A copy of the pipeline's live stats that another thread can read while the loop appends.
-
-    ``deque.copy()`` runs in C without releasing the GIL, so it never sees a half-done append.
-    """
-    return dataclasses.replace(stats, recent=stats.recent.copy())
 
 
 def timestamp(result: FrameResult) -> str:

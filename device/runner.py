@@ -1,4 +1,4 @@
-"""The multi-core runner: the pipeline's stages on their own threads, joined by bounded queues.
+"""The multi-core runner: a run's stages on their own threads, joined by bounded queues.
 
 read (capture and decode) -> detect -> finish (classify, track, overlay, outputs, CSV)
 
@@ -11,6 +11,9 @@ two workers the caller's thread detects too: the reading thread runs ahead of
 it, so that the scheduler's lookahead (device.scheduler) can run the full
 detections on a thread of its own meanwhile.  With one worker there is no
 runner at all (``Pipeline.step`` does everything).
+
+The runner drives whatever it is handed that has the three stages (device.stages.Stages); the
+pipeline opens it (``Pipeline.open_runner``), and it knows nothing more of the pipeline.
 """
 
 from __future__ import annotations
@@ -20,12 +23,10 @@ import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from device.frames import FrameResult
-
-if TYPE_CHECKING:
-    from device.pipeline import Pipeline, Work
+from device.stages import Stages, Work
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,16 @@ def workers_for(configured: int | None) -> int:
     return max(1, min(3, configured))
 
 
-def open_runner(pipeline: "Pipeline") -> "Runner | None":
-    workers = workers_for(pipeline.config.run.workers)
-    return Runner(pipeline, workers) if workers > 1 else None
-
-
 class Runner:
-    """The read and detect stages on threads; ``step()`` finishes the next frame on the caller's thread."""
+    """The read and detect stages on threads; ``step()`` finishes the next frame on the caller's thread.
 
-    def __init__(self, pipeline: "Pipeline", workers: int):
-        self.pipeline, self.workers = pipeline, workers
+    ``stop``: the run's stop event; ``budget()``: how many more frames to read at most (None: no limit),
+    asked each time the threads start.
+    """
+
+    def __init__(self, stages: Stages, workers: int, stop: threading.Event,
+                 budget: Callable[[], int | None] = lambda: None):
+        self.stages, self.workers, self._stop, self._budget = stages, workers, stop, budget
         self._threads: list[threading.Thread] = []
         self._out: queue.Queue = queue.Queue(DEPTH)
         self._halt = threading.Event()  # close(): leave now
@@ -61,34 +62,32 @@ class Runner:
         self._ended = False
         self._read = 0  # frames handed on by the reading stage
         self._finished = 0  # frames finished on the caller's thread
-        pipeline.before_reconnect = self._wait_for_frames_in_flight
 
-    def _wait_for_frames_in_flight(self) -> None:
+    def wait_for_frames_in_flight(self) -> None:
         """A camera failed: let the frames read before it be finished first, so that the watchdog pings
-        stop, and the reconnect messages come, after the last of them (as on one thread)."""
-        while self._finished < self._read and not self._halt.is_set() and not self.pipeline._stop.is_set():
+        stop, and the reconnect messages come, after the last of them (as on one thread).  Returns at
+        once after close()."""
+        while self._finished < self._read and not self._halt.is_set() and not self._stop.is_set():
             time.sleep(0.005)
 
     # -- the stage threads -----------------------------------------------------------------------
     def _start(self) -> None:
-        p = self.pipeline
-        limit = p.config.run.max_frames
-        budget = None if limit is None else max(0, limit - p.stats.frames)  # read no more than will be finished
+        budget = self._budget()  # read no more than will be finished
         self._halt.clear()
         self._pause.clear()
         self._out = queue.Queue(DEPTH)
         if self.workers >= 3:
             decoded: queue.Queue = queue.Queue(DEPTH)
-            stages = [(self._produce, (budget, p.read_stage, decoded)),
-                      (self._transform, (p.detect_stage, decoded, self._out))]
+            stages = [(self._produce, (budget, self.stages.read_stage, decoded)),
+                      (self._transform, (self.stages.detect_stage, decoded, self._out))]
         else:
-            stages = [(self._produce, (budget, p.read_stage, self._out))]
+            stages = [(self._produce, (budget, self.stages.read_stage, self._out))]
         self._threads = [threading.Thread(target=fn, args=args, name=f"device-stage-{i}", daemon=True)
                          for i, (fn, args) in enumerate(stages)]
         for thread in self._threads:
             thread.start()
 
-    def _produce(self, budget: int | None, read: Callable[[], "Work | None"], out: queue.Queue) -> None:
+    def _produce(self, budget: int | None, read: Callable[[], Work | None], out: queue.Queue) -> None:
         count = 0
         try:
             while budget is None or count < budget:
@@ -107,7 +106,7 @@ class Runner:
             return
         self._put(out, END)
 
-    def _transform(self, fn: Callable[["Work"], "Work"], inp: queue.Queue, out: queue.Queue) -> None:
+    def _transform(self, fn: Callable[[Work], Work], inp: queue.Queue, out: queue.Queue) -> None:
         while not self._halt.is_set():
             item = self._get(inp)
             if item is None:
@@ -140,14 +139,14 @@ class Runner:
     # -- the caller's thread -----------------------------------------------------------------------
     def step(self) -> FrameResult | None:
         """The next frame, finished on this thread; None at the end, or once the stop event is set."""
-        if self._ended or self.pipeline._stop.is_set():
+        if self._ended or self._stop.is_set():
             return None
         if not self._threads:
             self._start()
         while True:
             item = self._get(self._out)
             if item is None:
-                if self.pipeline._stop.is_set():
+                if self._stop.is_set():
                     return None
                 continue
             if item is PAUSED:  # only after drain(); never seen here
@@ -160,13 +159,13 @@ class Runner:
                 self._ended = True
                 self._join()
                 raise item
-            result = self.pipeline.finish_stage(self._detected(item))
+            result = self.stages.finish_stage(self._detected(item))
             self._finished += 1
             return result
 
-    def _detected(self, work: "Work") -> "Work":
+    def _detected(self, work: Work) -> Work:
         """With two workers the detect stage runs here, on the caller's thread; with three it has run."""
-        return work if self.workers >= 3 else self.pipeline.detect_stage(work)
+        return work if self.workers >= 3 else self.stages.detect_stage(work)
 
     def drain(self) -> None:
         """Stop reading and finish every frame already read, in order (before a reload swaps the models);
@@ -174,7 +173,7 @@ class Runner:
         if not self._threads:
             return
         self._pause.set()
-        while not self.pipeline._stop.is_set():
+        while not self._stop.is_set():
             item = self._get(self._out)
             if item is None:
                 continue
@@ -187,14 +186,13 @@ class Runner:
                 if item is not END:
                     raise item
                 return
-            self.pipeline.finish_stage(self._detected(item))
+            self.stages.finish_stage(self._detected(item))
             self._finished += 1
         self.close()
 
     def close(self) -> None:
         self._halt.set()
         self._join()
-        self.pipeline.before_reconnect = lambda: None
 
     def _join(self) -> None:
         for thread in self._threads:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -34,10 +34,8 @@ from device import overlay
 from device.config import OverlayConfig, WebConfig, parse_serve
 from device.errors import ConfigError
 from device.frames import FrameResult
-from device.results import face_dict, snapshot, timestamp
-
-if TYPE_CHECKING:
-    from device.pipeline import Stats
+from device.results import face_dict, timestamp
+from device.stages import Stats
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ class WebView:
         log.info("web view: http://%s:%d/", f"[{host}]" if ":" in host else host, self.port)
 
     # -- the pipeline's side: a reference and a few counts, nothing else -----------------------------
-    def publish(self, result: FrameResult, stats: "Stats") -> None:
+    def publish(self, result: FrameResult, stats: Stats) -> None:
         seq = self._latest[0] + 1 if self._latest else 0
         self._latest, self._stats = (seq, result), stats
         second = int(time.time())
@@ -132,7 +130,7 @@ class WebView:
                 seq, result = latest
                 image = result.frame.image
                 if not self.annotated:  # headless: the pipeline drew nothing; draw on a copy
-                    stats = snapshot(self._stats)
+                    stats = self._stats.snapshot()
                     image = overlay.draw(image.copy(), result.faces, self.labels, self.overlay_cfg, stats.fps(),
                                          stats.median_ms() if self.overlay_cfg.stats else None)
                 ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -145,7 +143,7 @@ class WebView:
         out: dict = {"device_id": self.device_id, "time": time.time(), "labels": list(self.labels),
                      "colors": {label: "#%02x%02x%02x" % overlay.color_for(label)[::-1] for label in self.labels}}
         if self._stats is not None:
-            s = snapshot(self._stats)
+            s = self._stats.snapshot()
             ms = s.median_ms()
             out.update(fps=round(s.fps(), 2), frames=s.frames, faces=s.faces,
                        frames_without_faces=s.frames_without_faces, dropped_frames=s.skipped_frames,

@@ -33,8 +33,7 @@ def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
     if path.suffix == ".npz":
         probs = saved_probs(path, data)
     elif path.suffix == ".tflite":
-        from convert.evaluate import predict
-        from device.classifier import open_checked
+        from device.classifier import open_checked, predict
         from device.errors import ModelError
 
         try:
