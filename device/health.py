@@ -3,7 +3,6 @@ and the summary at the end."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from device.csvlog import CsvLog
@@ -33,10 +32,12 @@ def health_line(s: Stats, csv: CsvLog | None, consumers: str = "") -> str:
 
 def summary(s: Stats, csv: CsvLog | None, source: FrameSource | None) -> str:
     """After the run is closed, so the CSV count is what is on disk."""
-    elapsed = time.monotonic() - s.started
-    rows = f", {csv.rows_written} CSV rows in {csv.path}" if csv else ""
+    rows = ""
+    if csv is not None:
+        rows = (f", {csv.rows_written} rows added to {csv.path}" if csv.appended
+                else f", {csv.rows_written} CSV rows in {csv.path}")
     early = source.ended_early if source is not None else None
     short = f"; source ended early: {early[0]} of {early[1]} frames" if early else ""
     return (f"done: {s.frames} frames, {s.faces} faces, {s.frames_without_faces} frames without a face, "
-            f"{s.skipped_frames} unreadable frames skipped, {s.frames / elapsed if elapsed else 0:.1f} fps"
+            f"{s.skipped_frames} unreadable frames skipped, {s.processing_fps():.1f} fps processing"
             f"{rows}{short}")

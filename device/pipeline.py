@@ -158,6 +158,8 @@ class Pipeline:
     def read_stage(self) -> Work | None:
         t0 = time.perf_counter()
         frame = self._read()
+        if self.stats.first_read is None:
+            self.stats.first_read = t0
         if frame is None:
             if self.source is not None:  # an unreadable last image counts too
                 self.stats.skipped_frames = self.source.skipped
@@ -167,7 +169,7 @@ class Pipeline:
 
     def detect_stage(self, work: Work) -> Work:
         t1 = time.perf_counter()
-        work.detections = self.detector.detect(work.frame.image, work.frame.index)
+        work.detections = self.detector.detect(work.frame.image, work.frame.index, work.frame.new_scene)
         work.timings["detect"] = (time.perf_counter() - t1) * 1000
         return work
 
@@ -175,6 +177,7 @@ class Pipeline:
         """Classify, track, draw, write: everything that has to see the frames in order."""
         frame, detections, t = work.frame, work.detections, work.timings
         t2 = time.perf_counter()
+        self.tracker.begin_frame(frame)  # a still image or a new frame size starts a new scene
         matched = self.tracker.match(detections)
         todo = self.tracker.to_classify(detections, matched, self.config.classifier.classify_every)
         probs: list[np.ndarray | None] = [None] * len(detections)

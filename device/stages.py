@@ -39,6 +39,8 @@ class Stats:
     skipped_frames: int = 0
     reconnects: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_read: float | None = None  # perf_counter when the first frame was asked for: processing starts
+    last_done: float | None = None  # perf_counter when the last frame was finished
     recent: deque = field(default_factory=lambda: deque(maxlen=120))  # (time, per-stage ms)
 
     def add_frame(self, faces: int, timings: dict[str, float], at: float) -> None:
@@ -46,7 +48,16 @@ class Stats:
         self.frames += 1
         self.faces += faces
         self.frames_without_faces += not faces
+        self.last_done = at
         self.recent.append((at, timings))
+
+    def processing_fps(self) -> float:
+        """Frames over the time from the first read to the last finished frame: without start-up (models,
+        camera) or what closing takes (the MQTT drain)."""
+        if not self.frames or self.first_read is None or self.last_done is None:
+            return 0.0
+        span = self.last_done - self.first_read
+        return self.frames / span if span > 0 else 0.0
 
     def fps(self) -> float:
         if len(self.recent) < 2:

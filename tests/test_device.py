@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -407,3 +408,25 @@ def test_csv_header_once_when_appending(tmp_path, tflite_model):
     lines = out_csv.read_text().splitlines()
     # the demo shows two faces: 2 runs x 3 frames x 2 faces rows under a single header
     assert sum(line.startswith("timestamp,") for line in lines) == 1 and len(lines) == 1 + 2 * 3 * 2
+
+
+def test_an_upgrade_to_the_eight_class_model_keeps_the_old_rows_and_says_rows_added(tmp_path):
+    """The shipped models on the same CSV: FER2013's 7 labels, then the default FER+ model's 8, then again."""
+    csv_path = tmp_path / "log.csv"
+    clip = compose_video(tmp_path / "clip.avi", 1, frames=6)
+    first = run_device("run", "--source", str(clip), "--model", "fer2013", "--csv", str(csv_path))
+    assert first.returncode == 0, first.stderr
+    old_rows = read_rows(csv_path)
+    assert len(old_rows) == 6 and "p_contempt" not in old_rows[0]
+    second = run_device("run", "--source", str(clip), "--csv", str(csv_path))  # the default: ferplus
+    assert second.returncode == 0, second.stderr
+    aside = list(tmp_path.glob("log.7-labels-until-*.csv"))
+    assert len(aside) == 1 and read_rows(aside[0]) == old_rows
+    assert sum("renamed it to" in line for line in second.stderr.splitlines()) == 1
+    rows = read_rows(csv_path)
+    assert len(rows) == 6 and [k[2:] for k in rows[0] if k.startswith("p_")] == [
+        "angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert "6 CSV rows in" in second.stdout and re.search(r"[\d.]+ fps processing", second.stdout)
+    third = run_device("run", "--source", str(clip), "--csv", str(csv_path))
+    assert third.returncode == 0, third.stderr
+    assert f"6 rows added to {csv_path}" in third.stdout and len(read_rows(csv_path)) == 12

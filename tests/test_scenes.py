@@ -212,8 +212,6 @@ def test_a_folder_of_photos_of_three_sizes_runs_to_the_end(photos, tmp_path):
 
 
 @pytest.mark.slow  # nine runs of the device, about 45 s
-@pytest.mark.xfail(reason="needs pipeline wiring: Pipeline must pass frame.new_scene to detector.detect() and "
-                          "call tracker.begin_frame(frame) before tracker.match()", strict=True)
 def test_each_photo_of_a_folder_gets_the_rows_it_gets_alone_in_any_order(photos, tmp_path):
     alone: dict[str, list[tuple]] = {}
     for name, *_ in PHOTOS:
