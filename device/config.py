@@ -40,6 +40,8 @@ class SourceConfig:
     height: int = opt(480, "requested camera height", "--height", low=16, high=8192)
     fps: int = opt(30, "requested camera frame rate", "--fps", low=1, high=240)
     loop: bool = opt(False, "restart file sources at their end (soak tests, exhibits)", "--loop")
+    realtime: bool = opt(False, "play files, photo folders and the demo at their own frame rate (always when a "
+                         "person watches: display, drm or --serve); else they go as fast as possible", "--realtime")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from device.csvlog import CsvLog
 from device.errors import DeviceError, SourceError, WriteError
 from device.facecrops import FaceCrops
 from device.frames import Frame, FrameResult
+from device.pacing import pace
 from device.progress import Progress
 from device.reconnect import reconnect
 from device.results import ResultSinks
@@ -136,7 +137,7 @@ class Pipeline:
             return self.source
 
     def _open_camera(self) -> FrameSource:
-        return open_source(self.config.source.uri, self.config.source, self._stop)
+        return pace(open_source(self.config.source.uri, self.config.source, self._stop), self.config, self._stop)
 
     def _reconnect(self, error: SourceError, failed: FrameSource | None) -> Frame | None:
         """The source reopened with backoff (device.reconnect); its first frame, or None once stopped."""

@@ -68,6 +68,7 @@ class FrameSource:
 
     live = False  # a camera or stream (reconnect on failure) rather than a file
     name = "source"
+    rate: float | None = None  # frames a second of a file's own clock (device.pacing); None for cameras
 
     def __init__(self) -> None:
         self.index = 0
@@ -100,6 +101,8 @@ class FrameSource:
 class ImageFilesSource(FrameSource):
     """Image files in sorted order; each frame's source is its file name.  Photos are not a video: every
     image starts a new scene, so its result never depends on the images before it."""
+
+    rate = 1.0  # when paced (device.pacing), each photo is shown for a second
 
     def __init__(self, paths: list[Path], loop: bool = False):
         super().__init__()
@@ -137,6 +140,8 @@ class VideoCaptureSource(FrameSource):
         if not self._cap.isOpened():
             raise SourceError(f"cannot open {name}")
         self.stated_frames = 0 if live else int(max(0.0, self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        stated_rate = self._cap.get(cv2.CAP_PROP_FPS)
+        self.rate = None if live else (stated_rate if 1 <= stated_rate <= 240 else 30.0)
         if live and api != cv2.CAP_GSTREAMER:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
@@ -306,6 +311,7 @@ class DemoSource(FrameSource):
     """Copies of a real portrait gliding over a background: shows the pipeline with no camera."""
 
     name = "demo"
+    rate = 30.0
 
     def __init__(self, cfg: SourceConfig, faces: int = 2, frames: int = 300):
         super().__init__()
