@@ -16,10 +16,10 @@ from device.config import OverlayConfig
 from device.frames import Box, Face
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-# BGR colours for FER2013's classes; other labels get a stable colour from their name.
+# BGR colours for the shipped models' classes (FER+'s 8); other labels get a stable colour from their name.
 COLORS = {
-    "angry": (40, 40, 230), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 250),
-    "neutral": (200, 200, 200), "sad": (200, 120, 40), "surprise": (40, 160, 250),
+    "angry": (40, 40, 230), "contempt": (110, 80, 150), "disgust": (40, 140, 40), "fear": (160, 60, 160),
+    "happy": (40, 200, 250), "neutral": (200, 200, 200), "sad": (200, 120, 40), "surprise": (40, 160, 250),
 }
 
 

@@ -175,9 +175,12 @@ def tally(paths: list[str | Path], tracks: int = TIMELINE_TRACKS, show_progress:
     files = log_files(paths)
     headers = {f: read_header(f) for f in files}  # every file checked before the long read
     labels = next(iter(headers.values()))[1]
-    for f, (_, other) in headers.items():
-        if other != labels:
-            raise ReportError(f"{f} has other classes ({', '.join(other)}) than {files[0]} ({', '.join(labels)})")
+    if any(other != labels for _, other in headers.values()):
+        # Logs from before and after a model with other classes (7 FER2013 labels, then FER+'s 8): the
+        # rows' labels are counted by name, over every class that any of the files has.
+        labels = tuple(sorted({name for _, other in headers.values() for name in other}))
+        log.info("the logs come from models with different classes; reporting all %d: %s", len(labels),
+                 ", ".join(labels))
     result = Tally(labels)
     total = 2 * sum(f.stat().st_size for f in files)
     progress = Progress(total, " MB", "report: ", enabled=show_progress, scale=1e6)

@@ -12,11 +12,13 @@ import pytest
 from device import config as cfgmod
 from device.errors import ConfigError
 from tests.brokers import Mosquitto, Subscriber, make_passwords, make_tls, wait_until
-from tests.conftest import LABELS, ROOT
+from device import manifest as mf
+from tests.conftest import ROOT
 from tests.test_device import compose_video, read_rows, run_device
 
 pytest.importorskip("paho.mqtt.client")
-MODEL = ROOT / "models" / "emotion_fer2013.tflite"  # the shipped model: real labels on real faces
+MODEL = ROOT / "models" / "emotion_ferplus.tflite"  # the default model: real labels (8) on real faces
+LABELS = mf.load(mf.manifest_path_for(MODEL)).labels
 
 
 @pytest.fixture

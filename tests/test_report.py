@@ -128,12 +128,23 @@ def test_not_a_log_is_one_clear_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_logs_with_other_classes_are_refused(tmp_path):
-    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    write(a, range(0, 5), T0)
-    b.write_text(",".join(FIXED + ["p_neg", "p_pos"]) + "\n")
-    with pytest.raises(ReportError, match="other classes"):
-        tally([a, b], show_progress=False)
+def test_logs_before_and_after_an_upgrade_to_eight_classes_are_reported_together(tmp_path):
+    """A 7-label log renamed aside at an upgrade, and the 8-label log after it: one report over all 8 classes."""
+    old, new = tmp_path / "log.7-labels-until-20260301T091000Z.csv", tmp_path / "log.csv"
+    before = write(old, range(0, 50), T0, run="2026-03-01T09:00:00.000Z")
+    eight = ("angry", "contempt", *LABELS[1:])
+    with open(new, "w") as f:
+        f.write(",".join(columns(eight)) + "\n")
+        for i in range(20):
+            label = "contempt" if i < 5 else "neutral"
+            face = Face(1, Box(10, 10, 40, 40), 0.9, np.eye(8)[eight.index(label)], label, 1.0)
+            frame = Frame(np.zeros((1, 1, 3), np.uint8), i, "cam", T0 + timedelta(minutes=20, seconds=i))
+            f.write(format_rows(frame, [face], "2026-03-01T09:20:00.000Z"))
+    t = tally([old, new], show_progress=False)
+    assert t.labels == eight and len(t.runs) == 2
+    expected = {**{k: before.get(k, 0) for k in eight}, "contempt": 5}
+    expected["neutral"] += 15
+    assert dict(zip(eight, t.counts().tolist())) == expected
 
 
 def test_unwritable_output_is_one_clear_error(tmp_path):

@@ -24,7 +24,7 @@ from tests.brokers import free_port, wait_until
 from tests.conftest import FER, ROOT
 from tests.test_device import FACE_PX, FER_FACES, positions
 
-MODEL = ROOT / "models" / "emotion_fer2013.tflite"
+MODEL = ROOT / "models" / "emotion_ferplus.tflite"  # the default: 8 expressions
 
 
 def still_video(path, frames: int = 30):
