@@ -40,7 +40,8 @@ def installed(tmp_path_factory) -> Path:
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp / "dist").glob("edge_emotion-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"device/models/emotion_fer2013.tflite", "device/models/emotion_fer2013.json",
+    assert {"device/models/emotion_ferplus.tflite", "device/models/emotion_ferplus.json",
+            "device/models/emotion_fer2013.tflite", "device/models/emotion_fer2013.json",
             "device/systemd/emotion-device.service", "device/systemd/device.toml"} <= set(names)
     assert not [n for n in names if n.endswith((".keras", ".png")) or Path(n).name in FACE_MODELS]
     venv = tmp / "venv"
@@ -105,8 +106,9 @@ def test_installed_wheel_installs_the_service(installed, tmp_path):
     assert f"ExecStart={installed.parent}/bin/python -m device run" in unit
     assert (root / "etc/emotion-device/device.toml").read_text() == (ROOT / "systemd/device.toml").read_text()
     models = root / "var/lib/emotion-device/models"
-    assert (models / "emotion_fer2013.tflite").read_bytes() == (ROOT / "models/emotion_fer2013.tflite").read_bytes()
-    assert (models / "emotion_fer2013.json").is_file()
+    for name in ("emotion_ferplus", "emotion_fer2013"):  # the default, and FER2013's selectable model
+        assert (models / f"{name}.tflite").read_bytes() == (ROOT / f"models/{name}.tflite").read_bytes()
+        assert (models / f"{name}.json").is_file()
     # What the service's venv would get: the wheel file this venv was installed from.
     spec = sh(installed / "python", "-c", "from device.install import package_spec; print(package_spec())",
               cwd=tmp_path, env=clean_env())
@@ -137,7 +139,9 @@ def test_checkout_finds_the_bundled_files():
     from device import config, locations
 
     assert locations.is_checkout()
-    assert Path(config.DEFAULT_MODEL) == ROOT / "models" / "emotion_fer2013.tflite"
+    assert Path(config.DEFAULT_MODEL) == ROOT / "models" / "emotion_ferplus.tflite"
+    assert locations.model_path("fer2013") == ROOT / "models" / "emotion_fer2013.tflite"
+    assert locations.model_path("runs/x.tflite") == Path("runs/x.tflite")
     assert (locations.templates() / "emotion-device.service").is_file()
 
 
