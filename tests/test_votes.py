@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -212,3 +213,64 @@ def test_fit_on_votes_trains_on_the_distribution_and_records_the_lineage(fer_sma
     assert report["labels"] == list(V.LABELS) and report["n"] == report["vote_counts"]["kept"]
     assert 0 < report["votes_cross_entropy"] < 10 and 0 <= report["folder_label_accuracy"] <= 1
     assert "against the FER+ majority" in (run / "report.md").read_text()
+
+
+def test_convert_evaluate_on_votes_equals_an_independent_computation(fer_small, tmp_path):
+    """The shipped FER+ model in LiteRT on fer_small/val, scored by `convert evaluate --votes` and here with
+    LiteRT, the csv module and scikit-learn."""
+    from device.preprocess import to_model_image
+    from tests.test_convert import run_litert
+
+    model = ROOT / "models" / "emotion_ferplus.tflite"
+    out = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", model, "--data", fer_small,
+                             "--votes", VOTES, "--json", out], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(out.read_text())
+
+    majority = independent_majority(VOTES)
+    rows = {}
+    with open(VOTES, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[row["file"]] = np.array([int(row[c]) for c in V.COLUMNS], dtype=float)
+    images, truth, folder, dists = [], [], [], []
+    for path in sorted((fer_small / "val").glob("*/*.jpg")):
+        key = "/".join(path.parts[-3:])
+        if key not in majority or majority[key] in ("unknown", "NF"):
+            continue
+        image = to_model_image(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), 64, "grayscale")
+        images.append(image)
+        truth.append(V.LABELS.index(majority[key]))
+        folder.append(path.parent.name)
+        counts = rows[key][[V.COLUMNS.index(c) for c in ("anger", "contempt", "disgust", "fear", "happiness",
+                                                          "neutral", "sadness", "surprise")]]
+        dists.append(counts / counts.sum())
+    probs, _ = run_litert(model, np.stack(images))
+    probs = probs / probs.sum(1, keepdims=True)  # int8 outputs sum to 1 within a few steps: the device renormalises
+    pred = probs.argmax(1)
+    assert got["n"] == len(truth) and got["labels"] == list(V.LABELS)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(truth, pred))
+    assert got["recall_macro"] == pytest.approx(skm.recall_score(truth, pred, labels=sorted(set(truth)),
+                                                                  average="macro", zero_division=0))
+    assert got["confusion_matrix"] == skm.confusion_matrix(truth, pred, labels=range(8)).tolist()
+    assert got["votes_cross_entropy"] == pytest.approx(
+        np.mean([-(d * np.log(np.clip(p, 1e-7, 1))).sum() for d, p in zip(dists, probs)]), rel=1e-4)
+    seven = [V.LABELS.index(n) for n in sorted(set(folder))]
+    folder_pred = [V.LABELS[seven[i]] for i in probs[:, seven].argmax(1)]
+    assert got["folder_label_accuracy"] == pytest.approx(np.mean([a == b for a, b in zip(folder_pred, folder)]))
+    assert got["accuracy"] > 0.6  # the shipped model, not a constant predictor
+    assert "against the votes' majority" in result.stdout
+
+
+def test_only_if_better_compares_votes_with_votes():
+    """--only-if-better: a model verified on other votes (or none) was not measured on the same targets."""
+    from convert.quantize import check_beats
+    from device.errors import ModelError
+
+    model = ROOT / "models" / "emotion_ferplus.tflite"
+    shipped = mf.load(mf.manifest_path_for(model)).verification
+    worse = {**shipped, "accuracy": shipped["accuracy"] - 0.01}
+    with pytest.raises(ModelError, match="does not beat"):
+        check_beats(model, worse)
+    check_beats(model, {**worse, "votes": {**shipped["votes"], "sha256": "0" * 64}})  # other votes: not comparable
+    check_beats(model, {**shipped, "accuracy": shipped["accuracy"] + 0.001})
