@@ -54,7 +54,7 @@ def crop_study(model: str | Path, data: str | Path, margins: list[float], per_cl
     # Faces at their native resolution; to_model_image later makes them model-sized.
     ds = load_folder_for(root, 48, m.color, m.labels, limit_per_class=per_class, seed=seed)
     if votes:
-        ds = fer_votes.attach(ds, fer_votes.read(votes), str(root))
+        ds = fer_votes.attach(ds, fer_votes.read(votes), str(root), m.labels)
     det = FaceDetector(DetectorConfig(model=detector, models_dir=models_dir))
     try:
         frames, boxes, found = [], [], []

@@ -37,7 +37,9 @@ def load_labelled(data: str | Path, manifest: mf.Manifest, votes: fer_votes.Vote
     """Model-size images of a class-per-folder tree whose classes are the model's or some of them; with
     ``votes``, labelled by the FER+ majority (training/votes.py)."""
     dataset = load_folder_for(labelled_folder(data), manifest.input_size, manifest.color, manifest.labels)
-    return fer_votes.attach(dataset, votes, str(labelled_folder(data))) if votes is not None else dataset
+    if votes is None:
+        return dataset
+    return fer_votes.attach(dataset, votes, str(labelled_folder(data)), manifest.labels)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

@@ -88,7 +88,7 @@ def evaluate_cli(run: str, data: str, out: str | None, tta: bool, votes: str | N
     else:
         dataset = load_splits(path, manifest.input_size, manifest.color).val
     if vote_table is not None:
-        dataset = fer_votes.attach(dataset, vote_table, str(path))
+        dataset = fer_votes.attach(dataset, vote_table, str(path), manifest.labels)
     result = evaluate_model(model, dataset, manifest, tta)
     if dataset.skipped:
         result["skipped_unreadable"] = dataset.skipped

@@ -148,10 +148,13 @@ def check_arrangement(votes: Votes, data: Dataset, missing: list[str]) -> None:
                             "another arrangement of the files")
 
 
-def attach(data: Dataset, votes: Votes, what: str = "data") -> Dataset:
-    """``data`` relabelled by the votes: LABELS as classes, the majority as ``y``, the vote distribution as
-    ``votes``, and the folder's own labels kept as ``folder_y``/``folder_labels``.  Images without votes are
-    counted and skipped with a warning; those whose majority is unknown or NF are left out."""
+def attach(data: Dataset, votes: Votes, what: str = "data", labels: tuple[str, ...] = LABELS) -> Dataset:
+    """``data`` relabelled by the votes: ``labels`` as classes (FER+'s 8, or a model's that are some of them),
+    the majority as ``y``, the vote distribution over ``labels`` as ``votes``, and the folder's own labels kept
+    as ``folder_y``/``folder_labels``.  Images without votes are counted and skipped with a warning; those
+    whose majority is unknown or NF, or not one of ``labels`` (contempt, for a 7-class model), are left out."""
+    if not set(labels) <= set(LABELS):
+        raise DataError(f"the model's classes {list(labels)} are not among the FER+ expressions {list(LABELS)}")
     if not data.files:
         raise DataError("votes need the images' file names (a class-per-folder dataset, not a CSV)")
     counts = [votes.lookup(f) for f in data.files]
@@ -169,12 +172,22 @@ def attach(data: Dataset, votes: Votes, what: str = "data") -> Dataset:
     unclear = int((has & ~keep).sum())
     if unclear:
         log.info("%s: %d images whose majority is unknown or not a face are left out", what, unclear)
-    index = np.flatnonzero(keep)
+    columns = [LABELS.index(name) for name in labels]
+    major = majority_labels(table)
+    other = keep & ~np.isin(major, columns)
+    if other.any():
+        log.info("%s: %d images whose majority is not one of the model's classes are left out", what, other.sum())
+    index = np.flatnonzero(keep & ~other)
+    to_model = {c: i for i, c in enumerate(columns)}
+    dist = distributions(table[index])[:, columns]
+    dist /= np.maximum(dist.sum(axis=1, keepdims=True), 1e-12)
+    counts = {"without_votes": missing, "unknown_or_nf": unclear, "kept": int(len(index))}
+    if other.any():
+        counts["not_a_model_class"] = int(other.sum())
     return dataclasses.replace(
-        data, x=data.x[index], y=majority_labels(table[index]), labels=LABELS,
-        files=[data.files[i] for i in index], votes=distributions(table[index]),
-        folder_y=data.y[index], folder_labels=data.labels,
-        vote_counts={"without_votes": missing, "unknown_or_nf": unclear, "kept": int(len(index))})
+        data, x=data.x[index], y=np.array([to_model[c] for c in major[index]], dtype=np.int32),
+        labels=tuple(labels), files=[data.files[i] for i in index], votes=dist.astype("float32"),
+        folder_y=data.y[index], folder_labels=data.labels, vote_counts=counts)
 
 
 def attach_splits(splits: Splits, votes: Votes) -> Splits:
@@ -190,10 +203,10 @@ def metrics(data: Dataset, probs: np.ndarray) -> dict[str, Any]:
     probs = np.asarray(probs, dtype="float64")
     cross_entropy = float(np.mean(-(data.votes * np.log(np.clip(probs, 1e-7, 1.0))).sum(axis=1)))
     truth_names = [data.folder_labels[i] for i in data.folder_y]
-    folder_names = sorted(set(truth_names) & set(LABELS))
-    columns = np.array([LABELS.index(name) for name in folder_names])
+    folder_names = sorted(set(truth_names) & set(data.labels))
+    columns = np.array([data.labels.index(name) for name in folder_names])
     picked = columns[probs[:, columns].argmax(axis=1)]
-    truth = np.array([LABELS.index(name) if name in LABELS else -1 for name in truth_names])
+    truth = np.array([data.labels.index(name) if name in data.labels else -1 for name in truth_names])
     return {"votes_cross_entropy": cross_entropy,
             "folder_label_accuracy": float(np.mean(picked == truth)),
             "folder_labels": folder_names,
