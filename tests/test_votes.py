@@ -274,3 +274,18 @@ def test_only_if_better_compares_votes_with_votes():
         check_beats(model, worse)
     check_beats(model, {**worse, "votes": {**shipped["votes"], "sha256": "0" * 64}})  # other votes: not comparable
     check_beats(model, {**shipped, "accuracy": shipped["accuracy"] + 0.001})
+
+
+def test_a_seven_class_model_is_scored_on_the_images_whose_majority_it_can_name(fer_small, votes):
+    seven = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    data = load_folder(fer_small / "val", 32, "grayscale")
+    eight, only_seven = V.attach(data, votes), V.attach(data, votes, "val", seven)
+    contempt = int((eight.y == V.LABELS.index("contempt")).sum())
+    assert only_seven.vote_counts["kept"] == len(eight) - contempt
+    assert only_seven.vote_counts.get("not_a_model_class", 0) == contempt
+    assert only_seven.labels == seven
+    keep = eight.y != V.LABELS.index("contempt")
+    assert [seven[i] for i in only_seven.y] == [V.LABELS[i] for i in eight.y[keep]]
+    np.testing.assert_allclose(only_seven.votes.sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(DataError, match="not among the FER\\+ expressions"):
+        V.attach(data, votes, "val", ("calm", "smile"))
