@@ -150,7 +150,8 @@ def verify(runtime: Runtime, model: KerasModel, data: Dataset, data_dir: str, ma
     probs = predict(runtime, manifest, data.x)
     result = evaluate.compare(data, probs, manifest.labels, model.predict(data.x))
     on_votes = {key: result[key] for key in ("votes_cross_entropy", "folder_label_accuracy") if key in result}
-    return {**on_votes,
+    return {
+        **on_votes,
         "data": data_dir,
         "n": result["n"],
         "accuracy": result["accuracy"],
