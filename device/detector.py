@@ -15,6 +15,7 @@ merges everything with non-maximum suppression, for crowds in large frames.
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ from device.errors import ModelError
 from device.facemodels import model_path
 from device.frames import Box, Detection
 from device.locations import face_models_dir
-from device.native import missing_library_message, quiet_native_stderr, without_tensorflow
+from device.native import lacks_arm64_atomics, missing_library_message, quiet_native_stderr, without_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,13 @@ class FaceDetector:
             raise ModelError("mediapipe is not installed: pip install '.[device]'") from None
         except (ImportError, OSError) as exc:  # versions that load the native library at import
             raise native_error(exc) from None
+        version = metadata.version("mediapipe")
+        if lacks_arm64_atomics() and not version.startswith("0."):
+            # Its aarch64 wheels (1.0.0 and 1.2.3 checked) need Armv8.1 atomics and stop an Armv8.0 CPU with a
+            # bare SIGILL; their own message would go where quiet_native_stderr() sends it.
+            raise ModelError(f"mediapipe {version} needs an Armv8.1 CPU (LSE atomics) and this one lacks them (a "
+                             "Raspberry Pi 4's Cortex-A72 is Armv8.0): use a Raspberry Pi 5 or another CPU with "
+                             "'atomics' in /proc/cpuinfo")
         self._mp = mp
         names = ["full", "short"] if cfg.model == "auto" else [cfg.model]
         folder = face_models_dir(cfg.models_dir)

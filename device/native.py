@@ -1,5 +1,5 @@
-"""Taming native libraries: their stderr chatter, mediapipe's optional TensorFlow import, and the system
-libraries they need (named with the command that installs them)."""
+"""Taming native libraries: their stderr chatter, mediapipe's optional TensorFlow import, the system
+libraries they need (named with the command that installs them), and the CPU they need."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import contextlib
 import faulthandler
 import logging
 import os
+import platform
 import re
+import struct
 import sys
 import threading
 from typing import Iterator
 
 log = logging.getLogger(__name__)
 _quiet = False  # quiet_native_logs() ran
+AT_HWCAP = 16  # the auxiliary vector's CPU-feature word (elf.h)
+HWCAP_ATOMICS = 1 << 8  # arm64: Armv8.1 atomics (LSE), "atomics" in /proc/cpuinfo (asm/hwcap.h)
 
 # What MediaPipe's native library links against beyond a base system, and the Debian / Raspberry Pi OS
 # packages that bring it: a debootstrap or "Lite" image lacks both.
@@ -129,3 +133,20 @@ def without_tensorflow() -> Iterator[None]:
     finally:
         if hide:
             del sys.modules["tensorflow"]
+
+
+def lacks_arm64_atomics(auxv: bytes | None = None) -> bool:
+    """True on an arm64 CPU without Armv8.1 atomics (a Raspberry Pi 4's Cortex-A72, a Jetson Nano's A57), read
+    from ``auxv`` (default: this process's auxiliary vector, where glibc and MediaPipe read the CPU's features)."""
+    if auxv is None:
+        if platform.machine() != "aarch64":
+            return False
+        try:
+            with open("/proc/self/auxv", "rb") as f:
+                auxv = f.read()
+        except OSError:
+            return False  # unknown: let MediaPipe decide
+    for key, value in struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]):
+        if key == AT_HWCAP:
+            return not value & HWCAP_ATOMICS
+    return False

@@ -21,8 +21,10 @@ def to_model_image(image: np.ndarray, size: int, color: str, bgr: bool = False) 
         elif bgr:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.shape[:2] != (size, size):
+        # Growing uses the bit-exact bilinear: plain INTER_LINEAR takes another path on arm64 and moved 48->64
+        # FER faces by one grey level on a quarter of the pixels (scripts/arm64_check.sh compares the bytes).
         shrink = image.shape[0] > size
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR_EXACT)
     return image.reshape(size, size, -1)
 
 

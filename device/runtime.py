@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from device.errors import ModelError
-from device.native import quiet_native_stderr
+from device.native import lacks_arm64_atomics, quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class CompiledRuntime:
 
     def __init__(self, model: bytes, cpu: InterpreterRuntime):
         """``cpu``: the same model already verified on the Interpreter; it gives the tensor metadata."""
+        if lacks_arm64_atomics():  # CompiledModel loads LiteRT's GPU library (2.3.0 checked): SIGILL on such a CPU
+            raise ModelError("GPU accelerator unavailable: LiteRT's accelerator library needs an Armv8.1 CPU "
+                             "(LSE atomics), and this one lacks them")
         try:
             from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
         except ModuleNotFoundError:
