@@ -170,6 +170,8 @@ def test_status_and_metrics_match_the_pipeline(tmp_path):
         assert status["current"]["frame"] == last.frame.index == 19
         assert [(f["track_id"], f["label"], f["x"], f["y"]) for f in status["current"]["faces"]] == \
             [(f.track_id, f.label, f.box.x, f.box.y) for f in last.faces]
+        eight = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # the default model's
+        assert all(list(f["probs"]) == eight for f in status["current"]["faces"])
         assert set(status["latency_ms"]) == {"decode", "detect", "classify", "track", "overlay", "output", "log"}
         assert abs(status["fps"] - s.fps()) < 0.5 * s.fps()
         # the timeline holds every face of every frame, by label
