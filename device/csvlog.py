@@ -185,7 +185,8 @@ class CsvLog:
         self.run = utc_stamp(run or datetime.now(timezone.utc))
         self._rows_accepted = 0  # on disk, or held while the disk is full
         self.rows_dropped = 0  # rows refused because the memory for held rows ran out
-        self.appended = False  # a file it opened already held rows: rows_written were added to them
+        self.appended = False  # a file it opened held rows from before this log: rows_written were added to them
+        self._opened: set[Path] = set()  # a reopen (SIGHUP) finds this log's own rows there: not an append
         self._reason = ""  # why rows are held: disk full, file-size limit
         self._fd: int | None = None
         self._path: Path | None = None
@@ -225,7 +226,9 @@ class CsvLog:
         size = os.fstat(fd).st_size
         if size == 0:
             self._pending[:0] = self.header.encode()
-        self.appended = self.appended or size > len(self.header.encode())
+        if path not in self._opened:
+            self.appended = self.appended or size > len(self.header.encode())
+            self._opened.add(path)
         self._fd, self._path = fd, path
         self._flush()
         if self.cfg.rotate != "none":

@@ -36,3 +36,15 @@ def test_a_file_holding_only_the_header_is_not_counted_as_appended_to(tmp_path):
     log_frames(path, 0)
     assert path.read_text().count("\n") == 1  # the header alone
     assert log_frames(path, 1).appended is False
+
+
+def test_a_reopen_of_this_runs_own_file_is_not_an_append(tmp_path):
+    """SIGHUP reopens the log (logrotate): the rows found there are this run's, so the done line says 'CSV rows'."""
+    path = tmp_path / "rows.csv"
+    log = CsvLog(LogConfig(csv=str(path)), LABELS)
+    face = Face(1, Box(0, 0, 10, 10), 0.9, np.array([0.2, 0.8]), "pos", 0.8)
+    log.write(Frame(np.zeros((1, 1, 3), np.uint8), 0, "cam", datetime.now(timezone.utc)), [face])
+    log.reopen()
+    log.write(Frame(np.zeros((1, 1, 3), np.uint8), 1, "cam", datetime.now(timezone.utc)), [face])
+    log.close()
+    assert (log.appended, log.rows_written) == (False, 2)
