@@ -65,15 +65,34 @@ def test_warm_restart_keeps_every_weight_including_the_head(tiny_run, fer_small,
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_keras", "input_size", "colour"])
+def test_warm_restart_at_a_larger_input_keeps_every_weight(tiny_run, fer_small, tmp_path):
+    """A 48-px model restarted at 64 px: the same weights, rebuilt for the larger input (no new head)."""
+    out = tmp_path / "larger"
+    result = cli("fit", "--data", fer_small, "--init", tiny_run, "--input-size", 64, "--epochs", 1,
+                 "--batch-size", 32, "--optimizer", "adam", "--learning-rate", 1e-12, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = mf.load(out / "manifest.json")
+    assert manifest.input_size == 64 and manifest.labels == LABELS
+    assert manifest.source["parent"]["mode"] == "warm restart" and manifest.source["parent"]["input_size"] == 48
+    new = keras.models.load_model(out / "model.keras", compile=False)
+    old = keras.models.load_model(tiny_run / "model.keras", compile=False)
+    assert new.input_shape == (None, 64, 64, 1) and old.input_shape == (None, 48, 48, 1)
+    assert len(new.weights) == len(old.weights)
+    for a, b in zip(layer_weights(new, "predictions"), layer_weights(old, "predictions")):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(backbone(new).weights, backbone(old).weights):
+        if "moving" not in a.path:  # BatchNorm statistics follow the new input's batches; weights can't move
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_keras", "colour"])
 def test_unusable_init_model_gives_one_error_line(case, tiny_run, fer_small, tmp_path):
     not_keras = tmp_path / "notes.keras"
     not_keras.write_text("not a model")
     init, extra, expected = {
         "missing": (tmp_path / "nope.keras", [], "no such file"),
         "not_keras": (not_keras, [], "not a Keras model"),
-        "input_size": (tiny_run / "model.keras", ["--input-size", 64], "takes 48x48 grayscale"),
-        "colour": (tiny_run / "model.keras", ["--color", "rgb"], "loaded as 48x48 rgb"),
+        "colour": (tiny_run / "model.keras", ["--color", "rgb"], "takes grayscale images, but the data is loaded as 48x48 rgb"),
     }[case]
     out = tmp_path / "run"
     result = cli("fit", "--data", fer_small, "--init", init, "--out", out, *extra)

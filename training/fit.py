@@ -146,7 +146,7 @@ def fit(cfg: FitConfig) -> Path:
     final, work = prepare_run(cfg)
     init = inits.load(cfg.init) if cfg.init else None
     if init is not None:  # before the data loads: a wrong model fails fast
-        inits.check_input(init, cfg.input_size, cfg.color)
+        init = inits.fit_input(init, cfg.input_size, cfg.color)
 
     votes = fer_votes.read(cfg.votes) if cfg.votes else None  # before the images load: a bad file fails fast
     started = time.time()

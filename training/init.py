@@ -8,6 +8,7 @@ the offline alternative to ImageNet weights, which Keras would download.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class InitModel:
     labels: tuple[str, ...] | None  # None when no manifest is found beside the model
     source: dict[str, Any] = field(default_factory=dict)  # the manifest's lineage, if any
     verification: dict[str, Any] = field(default_factory=dict)
+    resized_from: int | None = None  # the saved model's input size when fit_input changed it
 
     def classifier(self, labels: tuple[str, ...], dropout: float, activation: str, name: str) -> keras.Model:
         """The model to train: all of it for the same classes, else its backbone under a new head."""
@@ -59,7 +61,7 @@ class InitModel:
         mode = "warm restart" if self.labels == tuple(labels) else "new head"
         parent = {"model": str(self.path), "sha256": self.sha256, "mode": mode,
                   "float_val_accuracy": self.source.get("float_val_accuracy"),
-                  "int8_val_accuracy": self.verification.get("accuracy")}
+                  "int8_val_accuracy": self.verification.get("accuracy"), "input_size": self.resized_from}
         return {k: v for k, v in parent.items() if v is not None}
 
 
@@ -91,8 +93,35 @@ def load(path: str | Path) -> InitModel:
                      verification=verification)
 
 
-def check_input(init: InitModel, input_size: int, color: str) -> None:
-    if (init.input_size, init.color) != (input_size, color):
-        raise DataError(f"--init {init.path} takes {init.input_size}x{init.input_size} {init.color} images, "
-                        f"but the data is loaded as {input_size}x{input_size} {color}; drop --input-size and "
-                        "--color to take the model's")
+def fit_input(init: InitModel, input_size: int, color: str) -> InitModel:
+    """The --init model at the data's input size: a convolutional backbone under global pooling has the same
+    weights at any size, so a larger input (more of each 48-px face's detail kept) is a warm restart too."""
+    if init.color != color:
+        raise DataError(f"--init {init.path} takes {init.color} images, but the data is loaded as "
+                        f"{input_size}x{input_size} {color}; drop --color to take the model's")
+    if init.input_size == input_size:
+        return init
+    config = init.model.get_config()
+    _set_input_size(config, init.input_size, input_size)
+    try:
+        model = keras.Model.from_config(config)
+        model.set_weights(init.model.get_weights())
+    except Exception as exc:  # a layer with a fixed spatial size (Flatten, Reshape) cannot take another input
+        raise DataError(f"--init {init.path} takes {init.input_size}x{init.input_size} images and cannot be "
+                        f"rebuilt at {input_size}x{input_size} ({type(exc).__name__}); drop --input-size "
+                        "to take the model's") from None
+    log.info("--init %s: rebuilt from %d to %d px with every weight kept", init.path, init.input_size, input_size)
+    return dataclasses.replace(init, model=model, input_size=input_size, resized_from=init.input_size)
+
+
+def _set_input_size(config: Any, old: int, new: int) -> None:
+    """Every square input of the saved layer graph (the model's and its nested backbone's) becomes new x new."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "batch_shape" and isinstance(value, (list, tuple)) and len(value) == 4 and value[1] == value[2] == old:
+                config[key] = [value[0], new, new, value[3]]
+            else:
+                _set_input_size(value, old, new)
+    elif isinstance(config, list):
+        for value in config:
+            _set_input_size(value, old, new)
