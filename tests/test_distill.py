@@ -55,12 +55,25 @@ def test_blend_weights_the_teachers_against_the_true_label():
     np.testing.assert_allclose(distill.blend(one_hot, teacher, 0.0), one_hot)
 
 
-def test_a_teacher_for_other_classes_or_sizes_is_refused(tiny_run, fer_small, tmp_path):
+def test_a_teacher_of_another_size_sees_the_training_files_at_its_own_size(tiny_run, fer_small):
+    from training.evaluate import load_run, predict_probs
+
+    model, manifest = load_run(tiny_run)
+    at_48 = load_folder(fer_small / "val", 48, "grayscale")
+    expected = predict_probs(model, at_48.x, manifest.activation, tta=True)
+    got = distill.teacher_probs(tiny_run, load_folder(fer_small / "val", 64, "grayscale"))  # a 64 px student's data
+    assert got.shape == (len(at_48), len(manifest.labels))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_teacher_for_other_classes_or_without_images_to_re_read_is_refused(tiny_run, fer_small, tmp_path):
     three = copy_subset(tmp_path / "three", 5, splits=("train",), labels=("angry", "happy", "sad"))
     with pytest.raises(DataError, match="classes"):
         distill.teacher_probs(tiny_run, load_folder(three / "train", 48, "grayscale"))
-    with pytest.raises(DataError, match="takes 48 px"):
-        distill.teacher_probs(tiny_run, load_folder(fer_small / "val", 64, "grayscale"))
+    no_files = load_folder(fer_small / "val", 64, "grayscale")
+    no_files.files = []  # as from a FER2013 .csv
+    with pytest.raises(DataError, match="takes 48 px.*no image files"):
+        distill.teacher_probs(tiny_run, no_files)
     with pytest.raises(DataError, match="does not exist"):
         distill.teacher_probs(tmp_path / "nope.keras", load_folder(three / "train", 48, "grayscale"))
 

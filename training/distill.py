@@ -7,7 +7,8 @@ probabilities keyed by file (``keys``, ``labels``, ``probs``), so a teacher
 trained elsewhere (scripts/ferplus_teacher.py, on a GPU machine) teaches
 without running here.  Each teacher sees the images the way it was
 evaluated: Keras with the horizontal flip averaged in, the .tflite as it is
-(its export already folds the flip in).  The targets are cached in the run
+(its export already folds the flip in), and at its own input size, so a 64 px
+model can teach an 80 px student.  The targets are cached in the run
 directory, so a resumed run does not recompute them.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from device import manifest as mf
-from training.data import DataError, Dataset
+from training.data import DataError, Dataset, read_image
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,12 @@ def teacher_probs(path: str | Path, data: Dataset) -> np.ndarray:
             runtime, manifest = open_checked(path, 2, "cpu")
         except ModelError as exc:
             raise DataError(f"teacher {path}: {exc}") from None
-        check_fits(path, manifest, data)
-        probs = predict(runtime, manifest, data.x)
+        probs = predict(runtime, manifest, images_for(path, manifest, data))
     else:
         from training.evaluate import load_run, predict_probs
 
         model, manifest = load_run(path)
-        check_fits(path, manifest, data)
-        probs = predict_probs(model, data.x, manifest.activation, tta=True)
+        probs = predict_probs(model, images_for(path, manifest, data), manifest.activation, tta=True)
     probs = np.asarray(probs, dtype="float32")
     log.info("teacher %s: train accuracy %.4f", path, float(np.mean(probs.argmax(1) == data.y)))
     return probs
@@ -75,12 +74,21 @@ def saved_probs(path: Path, data: Dataset) -> np.ndarray:
     return probs[rows]
 
 
-def check_fits(path: Path, manifest: mf.Manifest, data: Dataset) -> None:
+def images_for(path: Path, manifest: mf.Manifest, data: Dataset) -> np.ndarray:
+    """The training images as the teacher takes them: re-read from their files at its size and colour if need be."""
     if tuple(manifest.labels) != tuple(data.labels):
         raise DataError(f"teacher {path} has classes {list(manifest.labels)}, the data {list(data.labels)}")
-    if (manifest.input_size, manifest.channels) != (data.x.shape[1], data.x.shape[-1]):
+    if (manifest.input_size, manifest.channels) == (data.x.shape[1], data.x.shape[-1]):
+        return data.x
+    if len(data.files) != len(data):  # a FER2013 .csv has no files
         raise DataError(f"teacher {path} takes {manifest.input_size} px with {manifest.channels} channel(s); "
-                        f"the data is {data.x.shape[1]} px with {data.x.shape[-1]}")
+                        f"the data is {data.x.shape[1]} px with {data.x.shape[-1]} and has no image files to re-read")
+    log.info("teacher %s: re-reading %d images at %d px", path, len(data), manifest.input_size)
+    images = [read_image(f, manifest.input_size, manifest.color) for f in data.files]
+    unread = [f for f, image in zip(data.files, images) if image is None]
+    if unread:
+        raise DataError(f"teacher {path}: {len(unread)} training images could not be re-read (e.g. {unread[0]})")
+    return np.stack(images)
 
 
 def fingerprint(data: Dataset) -> str:
