@@ -228,6 +228,7 @@ def test_convert_evaluate_on_votes_equals_an_independent_computation(fer_small, 
     assert result.returncode == 0, result.stderr
     got = json.loads(out.read_text())
 
+    size = json.loads(model.with_suffix(".json").read_text())["input_size"]
     majority = independent_majority(VOTES)
     rows = {}
     with open(VOTES, newline="") as f:
@@ -238,7 +239,7 @@ def test_convert_evaluate_on_votes_equals_an_independent_computation(fer_small, 
         key = "/".join(path.parts[-3:])
         if key not in majority or majority[key] in ("unknown", "NF"):
             continue
-        image = to_model_image(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), 64, "grayscale")
+        image = to_model_image(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), size, "grayscale")
         images.append(image)
         truth.append(V.LABELS.index(majority[key]))
         folder.append(path.parent.name)
