@@ -21,11 +21,25 @@ def to_model_image(image: np.ndarray, size: int, color: str, bgr: bool = False) 
         elif bgr:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.shape[:2] != (size, size):
-        # Growing uses the bit-exact bilinear: plain INTER_LINEAR takes another path on arm64 and moved 48->64
-        # FER faces by one grey level on a quarter of the pixels (scripts/arm64_check.sh compares the bytes).
-        shrink = image.shape[0] > size
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR_EXACT)
+        image = resize_exact(image, size)
     return image.reshape(size, size, -1)
+
+
+def resize_exact(image: np.ndarray, size: int) -> np.ndarray:
+    """size x size by OpenCV paths that give the same bytes on every CPU (scripts/arm64_check.sh compares them).
+
+    Plain INTER_LINEAR moved 48->64 FER faces by one grey level on a quarter of the pixels on arm64, and
+    INTER_AREA at a fractional factor (96->80, 192->80, 231->64, ...) moves a few pixels by one there: both
+    take float paths that differ by CPU.  INTER_LINEAR_EXACT is bit-exact by design, and INTER_AREA at a
+    whole factor is an integer box average; a shrink is the first up to a multiple of ``size``, then the second.
+    """
+    height, width = image.shape[:2]
+    ky, kx = -(-height // size), -(-width // size)  # grow to a whole multiple (smooth), then box-average
+    if (height, width) != (ky * size, kx * size):
+        image = cv2.resize(image, (kx * size, ky * size), interpolation=cv2.INTER_LINEAR_EXACT)
+    if ky > 1 or kx > 1:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return image
 
 
 def crop_rect(box: Box, crop: Crop) -> Box:

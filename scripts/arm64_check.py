@@ -34,7 +34,7 @@ MIN_BENCH_RECALL = 0.95     # the issue measured 1.000: the faces found with det
 MIN_BENCH_AGREEMENT = 0.85  # the issue measured 0.94, the host 0.93: labels kept while following faces
 MIN_FACES_FOUND = 0.90      # short-range finds >= 97% of FER2013 faces upscaled to 200 px (convert.cropstudy)
 MIN_LABELS_AS_HOST = 0.95   # the detector's float arithmetic may move a box by a pixel, and with it a label
-CROPS = (40, 48, 56, 96, 128, 150, 200, 333)  # square crops of the portrait: each resize path to 64 px
+CROPS = (40, 48, 56, 96, 128, 150, 200, 333)  # square crops of the portrait: grown, and shrunk by whole and fractional factors
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -115,4 +115,4 @@ def test_on_the_demo_the_label_is_always_the_longest_bar(face_models):
     draw(image, [face], labels, OverlayConfig(bars=True, stats=False))
     place = bars_box(face.box, [], len(labels), image.shape, max(0.4, 480 / 900))
     lengths = bar_lengths(image, place, labels)
-    assert labels[int(np.argmax(lengths))] == face.label
+    assert lengths[labels.index(face.label)] == max(lengths), lengths  # no other bar is longer (a pixel tie can be)
