@@ -291,3 +291,29 @@ def test_a_seven_class_model_is_scored_on_the_images_whose_majority_it_can_name(
     np.testing.assert_allclose(only_seven.votes.sum(axis=1), 1.0, rtol=1e-5)
     with pytest.raises(DataError, match="not among the FER\\+ expressions"):
         V.attach(data, votes, "val", ("calm", "smile"))
+
+
+def test_average_on_votes_reads_the_data_as_fit_does(fer_small, votes, tmp_path):
+    """`training average --votes` on the shipped FER+ model twice: its weights, 8 classes, val scored against the
+    majority of the ten annotators (scikit-learn on the soup's own predictions)."""
+    import keras
+    from sklearn.metrics import accuracy_score
+
+    from tests.test_training import cli
+
+    model = ROOT / "models" / "emotion_ferplus.keras"
+    out = tmp_path / "soup"
+    result = cli("average", "--model", model, "--model", model, "--data", fer_small, "--votes", VOTES, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    soup = keras.models.load_model(out / "model.keras", compile=False)
+    shipped = keras.models.load_model(model, compile=False)
+    np.testing.assert_allclose(soup.get_layer("predictions").get_weights()[0],
+                               shipped.get_layer("predictions").get_weights()[0], atol=1e-6)
+    manifest = mf.load(out / "manifest.json")
+    assert manifest.labels == V.LABELS and manifest.source["votes"]["sha256"] == votes.sha256
+    val = V.attach(load_folder(fer_small / "val", manifest.input_size, "grayscale"), votes)
+    predicted = soup.predict(val.x.astype("float32"), verbose=0).argmax(axis=1)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n"] == len(val) and report["labels"] == list(V.LABELS)
+    assert manifest.source["float_val_accuracy"] == pytest.approx(accuracy_score(val.y, predicted), abs=1e-4)
+    assert report["accuracy"] > 0.6  # the shipped model's weights, not a constant predictor

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from device import manifest as mf
-from training import evaluate
+from training import evaluate, votes as fer_votes
 from training.data import DataError, load_splits
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,12 @@ def recompute_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int = 256
             layer.momentum, layer.trainable = momentum, trainable
 
 
-def average(paths: list[str], data: str, out: str, weights: list[float] | None = None) -> Path:
-    """Average the models at ``paths``, measure BatchNorm on ``data``'s training images, write a run at ``out``."""
+def average(paths: list[str], data: str, out: str, weights: list[float] | None = None,
+            votes: str | None = None) -> Path:
+    """Average the models at ``paths``, measure BatchNorm on ``data``'s training images, write a run at ``out``.
+
+    With ``votes`` (a FER+ votes CSV) the data is read as ``training fit --votes`` reads it: the 8 expressions
+    as classes, val scored against the majority of ten annotators."""
     final = Path(out)
     if final.exists():
         raise DataError(f"{final} already exists; choose another --out or remove it")
@@ -80,6 +84,7 @@ def average(paths: list[str], data: str, out: str, weights: list[float] | None =
         raise DataError("give at least two models to average (--model A --model B ...)")
     if weights is not None and (len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0):
         raise DataError(f"--weights: give {len(paths)} non-negative numbers, one per --model, not all zero")
+    vote_table = fer_votes.read(votes) if votes else None  # before the models load: a bad file fails fast
     loaded = [evaluate.load_run(path) for path in paths]
     first = loaded[0][1]
     for path, (_, manifest) in zip(paths[1:], loaded[1:]):
@@ -96,6 +101,8 @@ def average(paths: list[str], data: str, out: str, weights: list[float] | None =
     model = loaded[0][0]
     model.set_weights(mean_weights(lists, weights))
     splits = load_splits(data, first.input_size, first.color)
+    if vote_table is not None:
+        splits = fer_votes.attach_splits(splits, vote_table)
     evaluate.check_compatible(model, first, splits.train.labels)
     recompute_batchnorm(model, splits.train.x)
     report = evaluate.evaluate_model(model, splits.val, first)

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "val split is reported)")
     avg.add_argument("--out", required=True, help="run directory to create")
     avg.add_argument("--weights", help="comma-separated weight per --model (default: equal)")
+    avg.add_argument("--votes", metavar="CSV", help="FER+ votes, for models trained on them: the 8 expressions as "
+                     "classes, val scored against the majority of ten annotators")
 
     tune = sub.add_parser("tune", help="KerasTuner search; writes a results table")
     add_fit_arguments(tune)
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {predict_cli(args.model, args.data, args.out, args.tta)} rows to {args.out}")
         elif args.command == "average":
             from training.average import average, valid_weights
-            print(average(args.model, args.data, args.out, valid_weights(args.weights)))
+            print(average(args.model, args.data, args.out, valid_weights(args.weights), args.votes))
         elif args.command == "tune":
             from training.tune import tune
             print(tune(fit_config(args), args.tuner, args.trials))
